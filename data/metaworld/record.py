@@ -1,0 +1,200 @@
+"""Record MetaWorld scripted-expert demonstrations into a LeRobotDataset v3.
+
+    python -m data.metaworld.record --root=outputs/datasets/metaworld_push --episodes=10
+
+Episode i always uses env seed `seed + i` and its own action-noise level drawn from `seed + i`, so an
+interrupted run continued with the same command gives exactly the dataset an uninterrupted run gives.
+Workers roll out and render in parallel; the main process alone writes through lerobot's API
+(`LeRobotDataset.create` / `add_frame` / `save_episode` / `finalize`), one whole episode at a time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodel.envs.metaworld import ACTION_NAMES, CONTROL_FPS, STATE_DIM, STATE_NAMES, MetaWorldConfig
+
+
+@dataclass
+class RecordConfig:
+    root: str = "outputs/datasets/metaworld_push"
+    repo_id: str = "local/metaworld_push"
+    episodes: int = 10
+    env: MetaWorldConfig = field(default_factory=MetaWorldConfig)
+    # Each episode adds Gaussian noise of std ~ U(0, action_noise) to the expert's actions, so the data
+    # holds near-perfect pushes, recoveries from drift, and failures.
+    action_noise: float = 0.6
+    # With this probability an episode's expert also aims at a wrong, biased target for a while,
+    # giving clear failures and large corrections (not only jitter).
+    perturb_prob: float = 0.3
+    seed: int = 0
+    workers: int = 0  # 0: one per spare core
+    vcodec: str = "libsvtav1"
+    # Close the parquet writers every this many episodes: a hard kill loses at most this many.
+    finalize_every: int = 25
+
+
+def dataset_features(env_cfg: MetaWorldConfig) -> dict:
+    size = env_cfg.image_size
+    features = {
+        f"observation.images.{cam}": {
+            "dtype": "video",
+            "shape": (size, size, 3),
+            "names": ["height", "width", "channels"],
+        }
+        for cam in env_cfg.cameras
+    }
+    features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": STATE_NAMES}
+    features["action"] = {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES}
+    features["next.reward"] = {"dtype": "float32", "shape": (1,), "names": None}
+    features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
+    return features
+
+
+# -- worker side -------------------------------------------------------------------------------
+_worker_env = None
+
+
+def _init_worker(env_cfg_dict: dict) -> None:
+    global _worker_env
+    from worldmodel.envs.metaworld import MetaWorldMultiViewEnv
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
+    _worker_env = MetaWorldMultiViewEnv(MetaWorldConfig(**env_cfg_dict))
+
+
+def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: float) -> dict:
+    """One scripted-expert episode with this episode's own noise; returns stacked per-step arrays."""
+    from worldmodel.envs.metaworld import expert_policy_for
+
+    rng = np.random.default_rng(episode_seed)
+    noise_std = rng.uniform(0.0, action_noise)
+    perturb = rng.random() < perturb_prob
+    bias = rng.normal(0.0, 0.6, size=3) if perturb else np.zeros(3)
+    bias_steps = int(rng.integers(10, 60)) if perturb else 0
+    expert = expert_policy_for(env.config.task)
+
+    obs, _ = env.reset(seed=episode_seed)
+    frames = {k: [] for k in obs}
+    actions, rewards, successes = [], [], []
+    for step in range(env.config.max_episode_steps):
+        action = expert.get_action(obs["observation.state"].astype(np.float64)).astype(np.float32)
+        if step < bias_steps:
+            action[:3] += bias
+        action += rng.normal(0.0, noise_std, size=action.shape).astype(np.float32)
+        action = np.clip(action, -1.0, 1.0)
+        for k, v in obs.items():
+            frames[k].append(v)
+        obs, reward, _, _, info = env.step(action)
+        actions.append(action)
+        rewards.append(reward)
+        successes.append(info["is_success"])
+    episode = {k: np.stack(v) for k, v in frames.items()}
+    episode["action"] = np.stack(actions)
+    episode["next.reward"] = np.asarray(rewards, dtype=np.float32)[:, None]
+    episode["next.success"] = np.asarray(successes, dtype=bool)[:, None]
+    return episode
+
+
+def _worker_rollout(args: tuple[int, float, float]) -> dict:
+    return rollout_episode(_worker_env, *args)
+
+
+# -- main side ---------------------------------------------------------------------------------
+def _open_dataset(cfg: RecordConfig):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(cfg.root)
+    features = dataset_features(cfg.env)
+    if (root / "meta" / "info.json").exists():
+        try:
+            dataset = LeRobotDataset(cfg.repo_id, root=root, vcodec=cfg.vcodec)
+        except Exception as err:  # a hard kill can leave a parquet file without its footer
+            raise RuntimeError(
+                f"root={root}: an earlier recording left a dataset that lerobot cannot open ({err}). "
+                "Delete the folder and record again."
+            ) from err
+        for key, ft in features.items():
+            have = dataset.meta.features.get(key)
+            if have is None or tuple(have["shape"]) != tuple(ft["shape"]) or have["dtype"] != ft["dtype"]:
+                raise ValueError(
+                    f"root={root}: existing dataset's feature {key!r} is {have}, expected {ft}; "
+                    "use another --root or the same --env settings to continue it"
+                )
+        return dataset
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"root={root}: folder exists and is not a LeRobotDataset; choose an empty --root")
+    if root.exists():
+        root.rmdir()
+    return LeRobotDataset.create(
+        cfg.repo_id, fps=CONTROL_FPS, features=features, root=root, robot_type="sawyer", vcodec=cfg.vcodec
+    )
+
+
+def record(cfg: RecordConfig) -> Path:
+    """Record until the dataset at `cfg.root` holds `cfg.episodes` episodes; returns the root."""
+    from worldmodel.envs.metaworld import MetaWorldMultiViewEnv
+
+    dataset = _open_dataset(cfg)
+    start = dataset.meta.total_episodes
+    if start >= cfg.episodes:
+        dataset.finalize()
+        print(f"{cfg.root}: already holds {start} episodes, nothing to record")
+        return Path(cfg.root)
+
+    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob) for i in range(start, cfg.episodes)]
+    workers = cfg.workers or max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
+    task = f"Push the puck to the goal ({cfg.env.task})"
+
+    # SIGTERM behaves like Ctrl-C: stop after the current episode is either fully written or dropped.
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    pool = None
+    try:
+        if workers > 1:
+            # spawn: forked EGL contexts are not safe
+            pool = mp.get_context("spawn").Pool(workers, _init_worker, (asdict(cfg.env),))
+            episodes = pool.imap(_worker_rollout, jobs)
+        else:
+            env = MetaWorldMultiViewEnv(cfg.env)
+            episodes = (rollout_episode(env, *job) for job in jobs)
+        progress = tqdm(total=cfg.episodes, initial=start, desc=f"recording {cfg.root}", unit="episode")
+        successes = 0
+        for n, episode in enumerate(episodes, start=1):
+            try:
+                for t in range(len(episode["action"])):
+                    dataset.add_frame({**{k: v[t] for k, v in episode.items()}, "task": task})
+                dataset.save_episode()
+            except BaseException:
+                dataset.clear_episode_buffer()  # never leave half an episode behind
+                raise
+            successes += bool(episode["next.success"][-1, 0])
+            progress.update(1)
+            progress.set_postfix(success_rate=f"{successes / n:.2f}")
+            if n % cfg.finalize_every == 0 and start + n < cfg.episodes:
+                dataset.finalize()
+                dataset = _open_dataset(cfg)
+        progress.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+        dataset.finalize()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    return Path(cfg.root)
+
+
+def main() -> None:
+    import draccus
+
+    cfg = draccus.parse(RecordConfig)
+    record(cfg)
+
+
+if __name__ == "__main__":
+    main()

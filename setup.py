@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="worldmodel",
+    version="0.1.0",
+    description="Controllable multi-view video world models for robot manipulation, trained on LeRobot datasets",
+    python_requires=">=3.11",
+    packages=find_packages(include=["worldmodel", "worldmodel.*"]),
+    install_requires=[
+        "torch",
+        "diffusers",
+        "accelerate",
+        "einops",
+        # LeRobotDataset v3 (meta/episodes, chunked files) first shipped in lerobot 0.4.0.
+        "lerobot>=0.4.0",
+        "opencv-python-headless",
+        "av",
+        "metaworld",
+        "mujoco",
+        "tqdm",
+        "draccus",
+        "tensorboard",
+    ],
+    extras_require={"dev": ["pytest", "pandas", "pyarrow"]},
+    entry_points={"console_scripts": ["wm=worldmodel.cli:main"]},
+)

@@ -1,0 +1,119 @@
+"""Training clips: exact frame-level action chunks, episode boundaries, the decoded cache, clear errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from worldmodel.dataset import ClipDataset, DatasetConfig
+
+
+def config(root, **overrides) -> DatasetConfig:
+    base = dict(root=str(root), repo_id="test/tiny", camera_keys=["corner", "gripperPOV"], image_size=32,
+                frame_stride=3, clip_frames=5)
+    return DatasetConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def clips(tiny_dataset_root):
+    return ClipDataset(config(tiny_dataset_root))
+
+
+@pytest.fixture(scope="module")
+def parquet(tiny_dataset_root):
+    files = sorted((tiny_dataset_root / "data").rglob("*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+
+
+def test_clip_shapes(clips):
+    item = clips[0]
+    assert item["images"].shape == (5, 2, 3, 32, 32)
+    assert item["images"].min() >= -1 and item["images"].max() <= 1
+    assert item["actions"].shape == (5, 3, 4) and item["actions_is_pad"].shape == (5, 3)
+    assert item["state"].shape == (5, 39) and item["pose"].shape == (5, 4)
+    torch.testing.assert_close(item["pose"], item["state"][:, :4])
+
+
+def test_actions_are_exactly_the_raw_actions_between_frames(clips, parquet):
+    stride = clips.cfg.frame_stride
+    for index in [0, 1, 7, len(clips) // 2, len(clips) - 1]:
+        item = clips[index]
+        ep = int(item["episode_index"])
+        episode_rows = parquet[parquet["episode_index"] == ep].sort_values("frame_index")
+        raw_actions = np.stack(episode_rows["action"].to_numpy())
+        raw_states = np.stack(episode_rows["observation.state"].to_numpy())
+        for t, step in enumerate(item["step_index"].tolist()):
+            np.testing.assert_array_equal(item["state"][t].numpy(), raw_states[step])
+            for j in range(stride):
+                src = step - stride + j  # actions taken between frame t-1 (step - stride) and frame t
+                if src < 0:
+                    assert item["actions_is_pad"][t, j] and (item["actions"][t, j] == 0).all()
+                else:
+                    assert not item["actions_is_pad"][t, j]
+                    np.testing.assert_array_equal(item["actions"][t, j].numpy(), raw_actions[src])
+
+
+def test_no_clip_crosses_an_episode(clips):
+    span = (clips.cfg.clip_frames - 1) * clips.cfg.frame_stride
+    assert len(clips) == 2 * (40 - span)
+    episodes_seen = set()
+    for index in range(len(clips)):
+        item = clips[index]
+        steps = item["step_index"]
+        assert steps[0] >= 0 and steps[-1] < 40
+        assert (steps.diff() == clips.cfg.frame_stride).all()
+        episodes_seen.add(int(item["episode_index"]))
+    assert episodes_seen == {0, 1}
+    with pytest.raises(IndexError):
+        clips[len(clips)]
+
+
+def test_cache_matches_direct_decoding(clips, tiny_dataset_root):
+    direct = LeRobotDataset("test/tiny", root=tiny_dataset_root)
+    for absolute in [0, 17, 39, 40, 79]:
+        episode, step = absolute // 40, absolute % 40
+        cached = clips.cache.images[clips.cache.episode_start[episode] + step]  # (V, H, W, 3) uint8
+        item = direct[absolute]
+        for v, key in enumerate(clips.camera_keys):
+            decoded = (item[key] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            assert np.abs(decoded.astype(int) - cached[v].astype(int)).max() <= 1
+
+
+def test_cache_is_reused_then_rebuilt_when_size_changes(clips, tiny_dataset_root, monkeypatch):
+    from worldmodel import dataset as dataset_module
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cache was rebuilt although nothing changed")
+
+    with monkeypatch.context() as m:
+        m.setattr(dataset_module.DecodedCache, "build", staticmethod(no_rebuild))
+        again = ClipDataset(config(tiny_dataset_root))
+    assert again.cache_directory == clips.cache_directory
+
+    smaller = ClipDataset(config(tiny_dataset_root, image_size=16))
+    assert smaller.cache_directory != clips.cache_directory
+    assert smaller[0]["images"].shape == (5, 2, 3, 16, 16)
+    # The resized view is the area-average of the full one (within rounding).
+    full = clips.cache.images[0, 0].astype(np.float32)
+    small = smaller.cache.images[0, 0].astype(np.float32)
+    assert np.abs(full.reshape(16, 2, 16, 2, 3).mean((1, 3)) - small).max() <= 1.0
+
+
+def test_stats_travel_with_the_dataset(clips, parquet):
+    actions = np.stack(parquet["action"].to_numpy())
+    np.testing.assert_allclose(clips.stats["action_mean"], actions.mean(0), atol=1e-5)
+    assert len(clips.stats["state_std"]) == 39 and min(clips.stats["state_std"]) >= 1e-3
+
+
+def test_bad_inputs_raise_clear_errors(tiny_dataset_root):
+    with pytest.raises(KeyError, match="camera_keys.*'wrist'"):
+        ClipDataset(config(tiny_dataset_root, camera_keys=["corner", "wrist"]))
+    with pytest.raises(ValueError, match="resize=False"):
+        ClipDataset(config(tiny_dataset_root, image_size=64, resize=False))
+    with pytest.raises(KeyError, match="action_key"):
+        ClipDataset(config(tiny_dataset_root, action_key="action.joint"))
+    with pytest.raises(KeyError, match="state_key"):
+        ClipDataset(config(tiny_dataset_root, state_key="observation.joints"))
+    with pytest.raises(ValueError, match="clip_frames"):
+        ClipDataset(config(tiny_dataset_root, clip_frames=20, frame_stride=3))

@@ -1,0 +1,63 @@
+"""The MetaWorld recorder writes a LeRobotDataset v3 that lerobot itself opens, and resumes safely."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from data.metaworld import record as record_module
+
+
+def _parquet(root):
+    return pd.concat([pd.read_parquet(p) for p in sorted((root / "data").rglob("*.parquet"))], ignore_index=True)
+
+
+def test_recorded_dataset_opens_with_lerobot(tiny_dataset_root):
+    ds = LeRobotDataset("test/tiny", root=tiny_dataset_root)
+    assert ds.meta.total_episodes == 2 and ds.num_episodes == 2
+    assert ds.meta.total_frames == 80 and len(ds) == 80
+    assert ds.meta.video_keys == ["observation.images.corner", "observation.images.gripperPOV"]
+    for key in ("observation.state", "action", "next.success", "next.reward"):
+        assert key in ds.meta.features
+    assert ds.meta.features["observation.images.corner"]["shape"] == (32, 32, 3)
+    item = ds[45]
+    assert item["observation.images.gripperPOV"].shape == (3, 32, 32)
+    assert item["observation.state"].shape == (39,) and item["action"].shape == (4,)
+    assert item["task"].startswith("Push the puck")
+
+
+def test_interrupted_recording_keeps_whole_episodes_and_resumes(tmp_path, monkeypatch, make_record_config):
+    root = tmp_path / "ds"
+    calls = {"n": 0}
+    real_save = LeRobotDataset.save_episode
+
+    def save_then_interrupt(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C while the second episode is being written
+            raise KeyboardInterrupt
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeRobotDataset, "save_episode", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        record_module.record(make_record_config(root, episodes=3, steps=12, seed=5))
+    monkeypatch.undo()
+
+    partial = LeRobotDataset("test/tiny", root=root)
+    assert partial.meta.total_episodes == 1 and len(partial) == 12  # no half episode
+
+    record_module.record(make_record_config(root, episodes=3, steps=12, seed=5))
+    resumed = LeRobotDataset("test/tiny", root=root)
+    assert resumed.meta.total_episodes == 3 and len(resumed) == 36
+    assert sorted(_parquet(root)["episode_index"].unique()) == [0, 1, 2]
+
+    # Same seeds -> the resumed dataset equals an uninterrupted recording.
+    straight = tmp_path / "straight"
+    record_module.record(make_record_config(straight, episodes=3, steps=12, seed=5))
+    np.testing.assert_allclose(np.stack(_parquet(root)["action"]), np.stack(_parquet(straight)["action"]))
+
+
+def test_existing_dataset_with_other_features_is_refused(tiny_dataset_root, make_record_config):
+    cfg = make_record_config(tiny_dataset_root, episodes=3)
+    cfg.env.image_size = 64
+    with pytest.raises(ValueError, match="observation.images.corner"):
+        record_module.record(cfg)

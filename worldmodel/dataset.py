@@ -1,0 +1,273 @@
+"""Training clips from any LeRobotDataset.
+
+A world-model frame is one env step out of every `frame_stride`; a clip is `clip_frames` such frames
+from one episode (never across an episode boundary). Frame t is conditioned on its own action chunk:
+the `frame_stride` env actions taken between frame t-1 and frame t (Ctrl-World's frame-level action
+conditioning).
+
+    images          (T, V, 3, H, W) float in [-1, 1]
+    actions         (T, frame_stride, A) raw env actions; actions[t, j] is taken at env step s_t - stride + j
+    actions_is_pad  (T, frame_stride) True where that env step lies before the episode's start
+    state           (T, S) raw observation.state
+    pose            (T, P) the state components memory retrieval indexes on
+    step_index      (T,) env step of each frame inside its episode
+    episode_index   ()
+
+Decoding video per sample is far too slow to train on, so every selected frame is decoded once at
+training resolution into a uint8 memory-mapped cache (rebuilt automatically when the dataset, the
+views or the size change). Actions and states are cached beside it as float32 arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass
+class DatasetConfig:
+    root: str | None = "outputs/datasets/metaworld_push"  # local dataset folder (None: hub cache of repo_id)
+    repo_id: str = "local/metaworld_push"
+    # Camera keys in view order; a bare camera name means `observation.images.<name>`.
+    camera_keys: list[str] = field(default_factory=lambda: ["corner", "corner2", "gripperPOV"])
+    image_size: int = 64
+    # Resize every view to image_size (square). False: every view must already be image_size.
+    resize: bool = True
+    frame_stride: int = 4
+    clip_frames: int = 8
+    action_key: str = "action"
+    state_key: str = "observation.state"
+    # Indices into the state vector that make the robot pose (MetaWorld: hand xyz + gripper).
+    pose_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    episodes: list[int] | None = None  # None: all episodes
+    cache_dir: str | None = None  # None: $WORLDMODEL_CACHE or ~/.cache/worldmodel
+    video_backend: str | None = None  # None: lerobot's default (torchcodec, else pyav)
+
+
+def resolve_camera_keys(camera_keys: list[str], available: list[str]) -> list[str]:
+    resolved = []
+    for key in camera_keys:
+        if key in available:
+            resolved.append(key)
+        elif f"observation.images.{key}" in available:
+            resolved.append(f"observation.images.{key}")
+        else:
+            raise KeyError(f"camera_keys: {key!r} is not a camera of this dataset; expected one of {available}")
+    return resolved
+
+
+def normalization_stats(meta, action_key: str, state_key: str) -> dict[str, list[float]]:
+    """Mean/std of actions and states from the dataset's own stats.json (std floored to avoid /0)."""
+    stats = {}
+    for name, key in (("action", action_key), ("state", state_key)):
+        mean = np.asarray(meta.stats[key]["mean"], dtype=np.float64).reshape(-1)
+        std = np.asarray(meta.stats[key]["std"], dtype=np.float64).reshape(-1)
+        stats[f"{name}_mean"] = mean.tolist()
+        stats[f"{name}_std"] = np.maximum(std, 1e-3).tolist()
+    return stats
+
+
+def _cache_root(cfg: DatasetConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("WORLDMODEL_CACHE", Path.home() / ".cache" / "worldmodel"))
+
+
+class DecodedCache:
+    """Every selected frame of every camera, decoded once, as uint8 (N, V, H, W, 3) on disk."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        meta = json.loads((directory / "cache.json").read_text())
+        self.episode_index = np.asarray(meta["episode_index"], dtype=np.int64)
+        self.episode_start = np.asarray(meta["episode_start"], dtype=np.int64)  # rows into the arrays below
+        self.episode_length = np.asarray(meta["episode_length"], dtype=np.int64)
+        self.images = np.load(directory / "images.npy", mmap_mode="r")
+        self.actions = np.load(directory / "actions.npy")
+        self.states = np.load(directory / "states.npy")
+
+    @staticmethod
+    def build(dataset, camera_keys: list[str], image_size: int, episodes: list[int],
+              action_key: str, state_key: str, directory: Path) -> None:
+        from lerobot.datasets.video_utils import decode_video_frames
+
+        hf = dataset.hf_dataset.with_format("numpy")
+        ep_meta = {int(dataset.meta.episodes[i]["episode_index"]): dataset.meta.episodes[i]
+                   for i in range(len(dataset.meta.episodes))}
+        lengths = [int(ep_meta[e]["length"]) for e in episodes]
+        total = int(sum(lengths))
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
+        try:
+            images = np.lib.format.open_memmap(
+                tmp / "images.npy", mode="w+", dtype=np.uint8,
+                shape=(total, len(camera_keys), image_size, image_size, 3),
+            )
+            actions = np.zeros((total, len(hf[0][action_key])), dtype=np.float32)
+            states = np.zeros((total, len(hf[0][state_key])), dtype=np.float32)
+            # Map absolute dataset indices to rows of the loaded hf_dataset (a subset when episodes are chosen).
+            absolute = np.asarray(hf["index"])
+            row_of = {int(a): r for r, a in enumerate(absolute)}
+            starts, row = [], 0
+            for ep, length in zip(tqdm(episodes, desc="decoding video into the training cache", unit="episode"),
+                                  lengths):
+                meta = ep_meta[ep]
+                rows = [row_of[i] for i in range(int(meta["dataset_from_index"]), int(meta["dataset_to_index"]))]
+                block = hf[rows]
+                actions[row:row + length] = block[action_key]
+                states[row:row + length] = block[state_key]
+                timestamps = [float(t) for t in block["timestamp"]]
+                for v, key in enumerate(camera_keys):
+                    video_path = dataset.root / dataset.meta.get_video_file_path(ep, key)
+                    offset = float(meta[f"videos/{key}/from_timestamp"])
+                    for lo in range(0, length, 256):  # bounded memory for long episodes
+                        ts = [offset + t for t in timestamps[lo:lo + 256]]
+                        frames = decode_video_frames(video_path, ts, dataset.tolerance_s, dataset.video_backend)
+                        frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                        if frames.shape[1:3] != (image_size, image_size):
+                            frames = np.stack([cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                                               for f in frames])
+                        images[row + lo:row + lo + len(frames), v] = frames
+                starts.append(row)
+                row += length
+            images.flush()
+            del images
+            np.save(tmp / "actions.npy", actions)
+            np.save(tmp / "states.npy", states)
+            (tmp / "cache.json").write_text(json.dumps({
+                "episode_index": list(map(int, episodes)), "episode_start": starts, "episode_length": lengths,
+                "camera_keys": camera_keys, "image_size": image_size,
+            }))
+            if directory.exists():  # a stale copy from an identical fingerprint that lost a race
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)  # atomic: a crash never leaves a half-written cache in place
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of `clip_frames` world-model frames, `frame_stride` env steps apart, inside one episode."""
+
+    def __init__(self, cfg: DatasetConfig):
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        self.cfg = cfg
+        if cfg.frame_stride < 1:
+            raise ValueError(f"frame_stride: expected >= 1, got {cfg.frame_stride}")
+        if cfg.clip_frames < 1:
+            raise ValueError(f"clip_frames: expected >= 1, got {cfg.clip_frames}")
+        self.lerobot_dataset = LeRobotDataset(cfg.repo_id, root=cfg.root, episodes=cfg.episodes,
+                                              video_backend=cfg.video_backend)
+        meta = self.lerobot_dataset.meta
+        features = meta.features
+        self.camera_keys = resolve_camera_keys(cfg.camera_keys, meta.camera_keys)
+        for field_name, key in (("action_key", cfg.action_key), ("state_key", cfg.state_key)):
+            if key not in features:
+                raise KeyError(f"{field_name}: {key!r} is not a feature of this dataset; it has {sorted(features)}")
+        if not cfg.resize:
+            for key in self.camera_keys:
+                h, w = features[key]["shape"][:2]
+                if (h, w) != (cfg.image_size, cfg.image_size):
+                    raise ValueError(
+                        f"camera_keys: {key!r} is {h}x{w} but image_size={cfg.image_size} and resize=False; "
+                        "set resize=True or image_size to the views' size"
+                    )
+        self.state_dim = int(features[cfg.state_key]["shape"][0])
+        self.action_dim = int(features[cfg.action_key]["shape"][0])
+        for i in cfg.pose_indices:
+            if not 0 <= i < self.state_dim:
+                raise ValueError(f"pose_indices: {i} is outside the state of size {self.state_dim}")
+        self.stats = normalization_stats(meta, cfg.action_key, cfg.state_key)
+        self.fps = meta.fps
+
+        episodes = sorted(cfg.episodes) if cfg.episodes is not None else list(range(meta.total_episodes))
+        self.cache = self._load_or_build_cache(episodes)
+
+        # A clip starting at row s spans rows s, s + stride, ..., s + (T - 1) * stride.
+        span = (cfg.clip_frames - 1) * cfg.frame_stride
+        self._starts_per_episode = np.maximum(self.cache.episode_length - span, 0)
+        if self._starts_per_episode.sum() == 0:
+            raise ValueError(
+                f"clip_frames: {cfg.clip_frames} frames x frame_stride {cfg.frame_stride} needs episodes of at "
+                f"least {span + 1} steps; the longest here has {int(self.cache.episode_length.max())}"
+            )
+        self._cumulative = np.cumsum(self._starts_per_episode)
+
+    def _fingerprint(self, episodes: list[int]) -> str:
+        ds = self.lerobot_dataset
+        info = (ds.root / "meta" / "info.json").read_bytes()
+        key = json.dumps({
+            "version": CACHE_FORMAT_VERSION, "root": str(Path(ds.root).resolve()), "repo_id": ds.repo_id,
+            "info": hashlib.sha256(info).hexdigest(), "episodes": episodes, "cameras": self.camera_keys,
+            "image_size": self.cfg.image_size, "action_key": self.cfg.action_key, "state_key": self.cfg.state_key,
+        }, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _load_or_build_cache(self, episodes: list[int]) -> DecodedCache:
+        directory = _cache_root(self.cfg) / "decoded" / self._fingerprint(episodes)
+        if not (directory / "cache.json").exists():
+            DecodedCache.build(self.lerobot_dataset, self.camera_keys, self.cfg.image_size, episodes,
+                               self.cfg.action_key, self.cfg.state_key, directory)
+        self.cache_directory = directory
+        return DecodedCache(directory)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.camera_keys)
+
+    def __len__(self) -> int:
+        return int(self._cumulative[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Clip index -> (position of its episode in the cache, first step inside the episode)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip index {index} out of range [0, {len(self)})")
+        episode = int(np.searchsorted(self._cumulative, index, side="right"))
+        before = int(self._cumulative[episode - 1]) if episode > 0 else 0
+        return episode, index - before
+
+    def clip(self, episode: int, first_step: int) -> dict[str, torch.Tensor]:
+        cfg, cache = self.cfg, self.cache
+        start = int(cache.episode_start[episode])
+        length = int(cache.episode_length[episode])
+        steps = first_step + cfg.frame_stride * np.arange(cfg.clip_frames)
+        if steps[-1] >= length:
+            raise IndexError(f"clip from step {first_step} runs past the episode's {length} steps")
+        images = torch.from_numpy(np.ascontiguousarray(cache.images[start + steps]))  # (T, V, H, W, 3) uint8
+        images = images.permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)  # (T, V, 3, H, W)
+
+        # actions[t, j] is the action taken at env step steps[t] - stride + j, i.e. between frame t-1 and t.
+        action_steps = steps[:, None] - cfg.frame_stride + np.arange(cfg.frame_stride)[None, :]
+        is_pad = action_steps < 0
+        actions = cache.actions[start + np.clip(action_steps, 0, None)]
+        actions[is_pad] = 0.0
+        state = cache.states[start + steps]
+        return {
+            "images": images,
+            "actions": torch.from_numpy(actions),
+            "actions_is_pad": torch.from_numpy(is_pad),
+            "state": torch.from_numpy(state),
+            "pose": torch.from_numpy(state[:, cfg.pose_indices]),
+            "step_index": torch.from_numpy(steps),
+            "episode_index": torch.tensor(int(cache.episode_index[episode])),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.clip(*self.locate(index))
+
+    def episode_positions(self) -> list[int]:
+        """Cache positions of the episodes (use with `clip` to read whole episodes)."""
+        return list(range(len(self.cache.episode_index)))
