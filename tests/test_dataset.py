@@ -56,7 +56,7 @@ def test_actions_are_exactly_the_raw_actions_between_frames(clips, parquet):
 
 def test_no_clip_crosses_an_episode(clips):
     span = (clips.cfg.clip_frames - 1) * clips.cfg.frame_stride
-    assert len(clips) == 2 * (40 - span)
+    assert len(clips) == 3 * (40 - span)
     episodes_seen = set()
     for index in range(len(clips)):
         item = clips[index]
@@ -64,14 +64,14 @@ def test_no_clip_crosses_an_episode(clips):
         assert steps[0] >= 0 and steps[-1] < 40
         assert (steps.diff() == clips.cfg.frame_stride).all()
         episodes_seen.add(int(item["episode_index"]))
-    assert episodes_seen == {0, 1}
+    assert episodes_seen == {0, 1, 2}
     with pytest.raises(IndexError):
         clips[len(clips)]
 
 
 def test_cache_matches_direct_decoding(clips, tiny_dataset_root):
     direct = LeRobotDataset("test/tiny", root=tiny_dataset_root)
-    for absolute in [0, 17, 39, 40, 79]:
+    for absolute in [0, 17, 39, 40, 79, 119]:
         episode, step = absolute // 40, absolute % 40
         cached = clips.cache.images[clips.cache.episode_start[episode] + step]  # (V, H, W, 3) uint8
         item = direct[absolute]

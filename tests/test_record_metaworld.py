@@ -14,8 +14,8 @@ def _parquet(root):
 
 def test_recorded_dataset_opens_with_lerobot(tiny_dataset_root):
     ds = LeRobotDataset("test/tiny", root=tiny_dataset_root)
-    assert ds.meta.total_episodes == 2 and ds.num_episodes == 2
-    assert ds.meta.total_frames == 80 and len(ds) == 80
+    assert ds.meta.total_episodes == 3 and ds.num_episodes == 3
+    assert ds.meta.total_frames == 120 and len(ds) == 120
     assert ds.meta.video_keys == ["observation.images.corner", "observation.images.gripperPOV"]
     for key in ("observation.state", "action", "next.success", "next.reward"):
         assert key in ds.meta.features
@@ -57,7 +57,7 @@ def test_interrupted_recording_keeps_whole_episodes_and_resumes(tmp_path, monkey
 
 
 def test_existing_dataset_with_other_features_is_refused(tiny_dataset_root, make_record_config):
-    cfg = make_record_config(tiny_dataset_root, episodes=3)
+    cfg = make_record_config(tiny_dataset_root, episodes=4)
     cfg.env.image_size = 64
     with pytest.raises(ValueError, match="observation.images.corner"):
         record_module.record(cfg)

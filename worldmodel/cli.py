@@ -23,7 +23,15 @@ def _dataset(argv: list[str]) -> None:
     print(f"cache        {clips.cache_directory}")
 
 
+def _train(argv: list[str]) -> None:
+    """Train a world model on a LeRobotDataset (accelerate; see worldmodel/train.py)."""
+    from worldmodel.train import main
+
+    main(argv)
+
+
 SUBCOMMANDS = {
+    "train": _train,
     "dataset": _dataset,
 }
 

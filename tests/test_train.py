@@ -1,0 +1,146 @@
+"""`wm train` end to end: a usable checkpoint, actions that matter, exact resume after a kill, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.diffusion import sample_full_sequence
+from worldmodel.model import VideoDiT
+from worldmodel.train import main as train_main
+
+
+def train_args(dataset_root, output_dir, steps, **extra) -> list[str]:
+    args = {
+        "dataset.root": dataset_root, "dataset.repo_id": "test/tiny", "dataset.camera_keys": "[corner,gripperPOV]",
+        "dataset.image_size": 32, "dataset.frame_stride": 3, "dataset.clip_frames": 4,
+        "model.preset": "tiny", "model.hidden_size": 96, "model.depth": 3,
+        "train.steps": steps, "train.batch_size": 16, "train.lr": 2e-3, "train.warmup_steps": 10,
+        "train.schedule": "constant_with_warmup", "train.num_workers": 0, "train.val_episodes": 1,
+        "train.val_clips": 4, "train.val_sampling_steps": 4, "train.log_every": 5,
+        "output_dir": output_dir, **extra,
+    }
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    train_main(train_args(tiny_dataset_root, out, 300, **{"train.val_every": 150, "train.checkpoint_every": 150}))
+    return out
+
+
+def test_train_writes_a_self_contained_checkpoint(trained):
+    config = json.loads((trained / "train_config.json").read_text())
+    assert config["train"]["model"]["preset"] == "tiny" and config["episodes"]["val"] == [2]
+    assert (trained / "checkpoints" / "latest").read_text() == "step_000300"
+    assert (trained / "checkpoints" / "step_000150" / "model" / "train_config.json").exists()
+    assert list((trained / "samples").glob("step_000300.png"))
+    metrics = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"] / 3
+    assert "val/psnr_one_step" in metrics[-1] and "val/psnr_open_loop" in metrics[-1]
+
+    model = VideoDiT.from_pretrained(trained / "model")  # the folder alone is enough
+    cfg = model.cfg
+    assert cfg.camera_keys == ["observation.images.corner", "observation.images.gripperPOV"]
+    assert (cfg.image_size, cfg.frame_stride, cfg.num_views, cfg.fps) == (32, 3, 2, 80)
+    assert cfg.codec == {"type": "pixel", "image_size": 32}
+    assert len(cfg.action_mean) == 4 and len(cfg.state_std) == 39
+
+
+@torch.no_grad()
+def test_actions_change_the_prediction_and_dropped_actions_are_unconditional(trained, tiny_dataset_root):
+    model = VideoDiT.from_pretrained(trained / "model").eval()
+    seen = ClipDataset(DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny",
+                                         camera_keys=["corner", "gripperPOV"], image_size=32, frame_stride=3,
+                                         clip_frames=4, episodes=[0, 1]))
+    batch = torch.utils.data.default_collate([seen[i] for i in range(0, len(seen), 6)])
+    flipped = batch["actions"].clone()
+    flipped[..., :3] = -flipped[..., :3]  # move the other way
+
+    def rollout(actions, **kwargs):
+        return sample_full_sequence(model, batch["images"][:, :1], batch["state"][:, :1], actions, num_steps=4,
+                                    actions_is_pad=batch["actions_is_pad"],
+                                    generator=torch.Generator().manual_seed(0), **kwargs)
+
+    frames, state = rollout(batch["actions"])
+    frames_flipped, state_flipped = rollout(flipped)
+    hand_true = batch["state"][:, 1:, :3]
+    err_true = (state[..., :3] - hand_true).abs().mean()
+    err_flipped = (state_flipped[..., :3] - hand_true).abs().mean()
+    assert err_true < 0.7 * err_flipped, (err_true, err_flipped)  # the recorded actions explain the motion
+    assert (frames - frames_flipped).abs().mean() > 1e-3  # and the pictures differ
+
+    # Guidance scale 0 = actions dropped: the same prediction whatever the actions are.
+    uncond, _ = rollout(batch["actions"], guidance_scale=0.0)
+    uncond_flipped, _ = rollout(flipped, guidance_scale=0.0)
+    torch.testing.assert_close(uncond, uncond_flipped)
+    assert (uncond - frames).abs().mean() > 1e-4
+
+
+def _run_until_checkpoint_then_kill(args: list[str], latest: Path, timeout=240) -> int:
+    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not latest.exists():
+        assert proc.poll() is None, "training exited before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return int(latest.read_text().split("_")[1])
+
+
+def test_killed_training_resumes_exactly(tiny_dataset_root, tmp_path):
+    common = {"train.checkpoint_every": 5, "train.val_every": 10**6}
+    killed = tmp_path / "killed"
+    saved_step = _run_until_checkpoint_then_kill(train_args(tiny_dataset_root, killed, 10**6, **common),
+                                                 killed / "checkpoints" / "latest")
+    target = saved_step + 7
+    train_main(train_args(tiny_dataset_root, killed, target, **common, resume="true"))
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == saved_step and summary["steps"] == target
+
+    straight = tmp_path / "straight"
+    train_main(train_args(tiny_dataset_root, straight, target, **common))
+    name = f"step_{target:06d}"
+    resumed_weights = load_file(killed / "checkpoints" / name / "model.safetensors")
+    straight_weights = load_file(straight / "checkpoints" / name / "model.safetensors")
+    for key, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[key], value, rtol=0, atol=0, msg=key)
+    # The EMA weights (a separate state) also continue exactly.
+    resumed_ema = load_file(killed / "model" / "diffusion_pytorch_model.safetensors")
+    straight_ema = load_file(straight / "model" / "diffusion_pytorch_model.safetensors")
+    for key, value in straight_ema.items():
+        torch.testing.assert_close(resumed_ema[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_existing_run_is_not_overwritten_without_resume(trained, tiny_dataset_root):
+    with pytest.raises(FileExistsError, match="--resume=true"):
+        train_main(train_args(tiny_dataset_root, trained, 10))
+
+
+def test_two_processes_train_and_agree(tiny_dataset_root, tmp_path):
+    out = tmp_path / "ddp"
+    # accelerate 1.x: `--cpu --num_processes 2` starts a single process unless MPI is set up; torchrun with
+    # gloo on CPU is `--multi_gpu` plus ACCELERATE_USE_CPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m", "worldmodel.train",
+           *train_args(tiny_dataset_root, out, 6, **{"train.batch_size": 4, "train.checkpoint_every": 3,
+                                                      "train.val_every": 6})]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 6
+    first, second = summary["param_checksums_per_process"]
+    assert first == second
+    assert (out / "checkpoints" / "step_000006" / "random_states_1.pkl").exists()

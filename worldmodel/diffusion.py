@@ -1,0 +1,169 @@
+"""Flow matching with one noise level per frame (diffusion forcing), and the reference sampler.
+
+Parametrisation: rectified flow. A frame at noise level t in [0, 1] is x_t = (1 - t) x_0 + t eps, and
+the sampler integrates the velocity v = eps - x_0 from t = 1 to t = 0. We pick it over EDM because the
+noise level *is* the interpolation weight (no sigma-dependent preconditioning to carry per frame) and
+few-step Euler sampling, which rolling denoising relies on, is well behaved along its straight paths.
+
+The network predicts the clean frame x_0 (latents and state) and the loss is taken on the velocity
+it implies, v = (x_t - x_0) / t (JiT, "Back to Basics", 2025). With pixel patches a token carries
+more numbers (8x8x3 = 192) than a small model's width: predicting eps or v would have to squeeze
+noise through that bottleneck, predicting the clean, low-dimensional image does not. It also makes
+"the frame once denoised" simply the network's output, which the streaming sampler caches.
+
+Training (`FlowMatching.loss`) draws an independent t for every frame. For half of the clips a prefix
+of random length is instead *context*: clean, or with probability `history_noise_prob` lightly
+noised up to `history_noise_max` (Ctrl-World's history augmentation, so the model tolerates its own
+imperfect history), and left out of the loss. Actions are dropped for a whole clip with probability
+`action_dropout` so that classifier-free guidance on actions is possible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from worldmodel.model import VideoDiT
+
+
+@dataclass
+class DiffusionConfig:
+    # Per-frame t ~ sigmoid(N(mean, std)) (logit-normal, as SD3): more weight on mid noise levels.
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    context_prob: float = 0.5  # fraction of clips trained as "context prefix + noisy future"
+    history_noise_prob: float = 0.5  # of those, fraction whose context is lightly noised
+    history_noise_max: float = 0.3
+    action_dropout: float = 0.1
+    state_loss_weight: float = 1.0
+    # v = (x_t - x0) / t is clamped at t >= min_t so that nearly clean frames do not dominate the loss.
+    min_t: float = 0.2
+
+
+def per_frame(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> broadcastable over the trailing dims of `like`."""
+    return t.reshape(*t.shape, *([1] * (like.ndim - t.ndim)))
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t noise, with one t per frame."""
+    t = per_frame(t, x0)
+    return (1 - t) * x0 + t * noise
+
+
+def velocity(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, min_t: float) -> torch.Tensor:
+    """v = (x_t - x0) / t: the flow-matching velocity implied by a clean-frame prediction x0."""
+    return (x_t - x0) / per_frame(t, x_t).clamp(min=min_t)
+
+
+class GeneratorState:
+    """A torch.Generator that accelerate can checkpoint (register_for_checkpointing needs state_dict)."""
+
+    def __init__(self, seed: int, device):
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+class FlowMatching:
+    def __init__(self, config: DiffusionConfig | None = None):
+        self.config = config or DiffusionConfig()
+
+    def sample_noise_levels(self, B: int, T: int, device, generator: torch.Generator | None = None):
+        """Returns t (B, T) and the loss mask (B, T): False for context frames."""
+        cfg = self.config
+
+        def rand(*shape):
+            return torch.rand(shape, device=device, generator=generator)
+
+        t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(B, T, device=device, generator=generator))
+        in_loss = torch.ones(B, T, dtype=torch.bool, device=device)
+        if T > 1:
+            with_context = rand(B) < cfg.context_prob
+            n_context = torch.randint(1, T, (B,), device=device, generator=generator)
+            is_context = with_context[:, None] & (torch.arange(T, device=device)[None] < n_context[:, None])
+            noisy_history = rand(B) < cfg.history_noise_prob
+            history_t = rand(B, T) * cfg.history_noise_max * noisy_history[:, None]
+            t = torch.where(is_context, history_t, t)
+            in_loss = ~is_context
+        return t, in_loss
+
+    def loss(self, model: VideoDiT, latents: torch.Tensor, state0: torch.Tensor, actions: torch.Tensor,
+             actions_is_pad: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """latents (B, T, V, C, H, W) clean codec latents; state0 (B, T, S) clean *normalised* state;
+        actions (B, T, stride, A) raw. `model` may be wrapped (DDP): only its forward is called.
+        All randomness comes from `generator` (the trainer checkpoints its state, for exact resumes)."""
+        B, T = latents.shape[:2]
+        device = latents.device
+        t, in_loss = self.sample_noise_levels(B, T, device, generator)
+        noise_latents = torch.randn(latents.shape, device=device, generator=generator)
+        noise_state = torch.randn(state0.shape, device=device, generator=generator)
+        action_mask = torch.rand(B, device=device, generator=generator) >= self.config.action_dropout
+        noisy_latents, noisy_state = add_noise(latents, noise_latents, t), add_noise(state0, noise_state, t)
+        out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask)
+        min_t = self.config.min_t
+        weight = in_loss.float()
+        latent_err = (velocity(noisy_latents, out["latents"].float(), t, min_t)
+                      - velocity(noisy_latents, latents, t, min_t)).pow(2).mean(dim=(2, 3, 4, 5))  # (B, T)
+        state_err = (velocity(noisy_state, out["state"].float(), t, min_t)
+                     - velocity(noisy_state, state0, t, min_t)).pow(2).mean(dim=2)  # (B, T)
+        denom = weight.sum().clamp(min=1)
+        latent_loss = (latent_err * weight).sum() / denom
+        state_loss = (state_err * weight).sum() / denom
+        loss = latent_loss + self.config.state_loss_weight * state_loss
+        return loss, {"loss": loss.detach(), "latent_loss": latent_loss.detach(), "state_loss": state_loss.detach()}
+
+
+def guided_prediction(model, latents, state, t, actions, actions_is_pad, guidance_scale: float, **kwargs):
+    """The model's clean-frame prediction, with classifier-free guidance on actions when guidance_scale != 1
+    (guiding x0 is guiding the velocity: v is affine in x0 for fixed x_t and t)."""
+    if guidance_scale == 1.0:
+        return model(latents, state, t, actions, actions_is_pad, **kwargs)
+    B = latents.shape[0]
+    both = model(torch.cat([latents, latents]), torch.cat([state, state]), torch.cat([t, t]),
+                 torch.cat([actions, actions]),
+                 None if actions_is_pad is None else torch.cat([actions_is_pad, actions_is_pad]),
+                 action_mask=torch.arange(2 * B, device=latents.device) < B, **kwargs)
+    return {k: both[k][B:] + guidance_scale * (both[k][:B] - both[k][B:]) for k in ("latents", "state")}
+
+
+@torch.no_grad()
+def sample_full_sequence(
+    model: VideoDiT,
+    context_latents: torch.Tensor,  # (B, K, V, C, H, W) clean observed frames
+    context_state: torch.Tensor,  # (B, K, S) raw state of the observed frames
+    actions: torch.Tensor,  # (B, K + F, frame_stride, A) action chunks of every frame (context included)
+    num_steps: int = 10,
+    guidance_scale: float = 1.0,
+    actions_is_pad: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference sampler: all F future frames are denoised together from t=1 to 0 with Euler steps,
+    recomputing the whole sequence every step (no cache). The baseline any faster sampler must match.
+    Returns latents (B, F, V, C, H, W) and raw state (B, F, S) of the future frames."""
+    B, K = context_latents.shape[:2]
+    F_ = actions.shape[1] - K
+    if F_ < 1:
+        raise ValueError(f"actions: need one chunk per context frame and per future frame; got {actions.shape[1]} "
+                         f"chunks for {K} context frames")
+    device = context_latents.device
+    x = torch.randn((B, F_, *context_latents.shape[2:]), generator=generator, device=device)
+    s = torch.randn((B, F_, model.cfg.state_dim), generator=generator, device=device)
+    ctx_state = model.normalize_state(context_state)
+    levels = torch.linspace(1.0, 0.0, num_steps + 1, device=device)
+    for i in range(num_steps):
+        t_future = levels[i].expand(B, F_)
+        t_all = torch.cat([torch.zeros(B, K, device=device), t_future], dim=1)
+        out = guided_prediction(model, torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), t_all,
+                                actions, actions_is_pad, guidance_scale)
+        # Euler step on the implied velocity; at the last step (t -> 0) this lands exactly on x0.
+        keep = levels[i + 1] / levels[i]
+        x = keep * x + (1 - keep) * out["latents"][:, K:]
+        s = keep * s + (1 - keep) * out["state"][:, K:]
+    return x, model.denormalize_state(s)

@@ -1,0 +1,371 @@
+"""VideoDiT: a multi-view, frame-level action-conditioned video diffusion transformer.
+
+A clip is T frames; a frame is V views of a latent grid (from a codec) plus the robot state. Each
+view is cut into N patches, so a frame is L = V * N + 1 tokens (the +1 is the state token), and one
+attention covers all views of all visible frames: multi-view prediction is joint, not per view.
+
+Per frame, one conditioning vector c_t = embed(noise level t) + embed(action chunk t) drives
+adaLN-Zero modulation of that frame's tokens only (diffusion forcing: clean context, lightly noised
+history and noisy future frames share one forward pass; frame-level actions: a frame sees its own
+action chunk, and earlier ones only through attention to earlier frames).
+
+Attention is block-causal across frames (frame t sees every token of frames <= t) and time enters
+only through rotary embeddings of each frame's position, applied at attention time. Keys are
+returned and cached *before* the rotation, so a sampler can keep a bounded cache and re-index the
+positions of cached frames (sinks, recent frames, retrieved memories) relative to the current frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+
+
+@dataclass
+class VideoDiTConfig:
+    # -- network --
+    hidden_size: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 8
+    rope_theta: float = 10000.0
+    # -- what it models (filled in from the dataset and codec at training time) --
+    num_views: int = 3
+    latent_channels: int = 3
+    latent_size: int = 64
+    action_dim: int = 4
+    frame_stride: int = 4
+    state_dim: int = 39
+    camera_pose_dim: int = 12  # flattened 3x4 world-to-camera extrinsics, optional at call time
+    # -- everything else a checkpoint needs to be used on its own --
+    preset: str = "tiny"
+    camera_keys: list[str] = field(default_factory=lambda: ["corner", "corner2", "gripperPOV"])
+    image_size: int = 64
+    fps: int = 80
+    pose_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    action_mean: list[float] | None = None
+    action_std: list[float] | None = None
+    state_mean: list[float] | None = None
+    state_std: list[float] | None = None
+    codec: dict = field(default_factory=lambda: {"type": "pixel", "image_size": 64})
+
+    @property
+    def tokens_per_view(self) -> int:
+        return (self.latent_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.num_views * self.tokens_per_view + 1
+
+
+# Size presets: plain functions returning network sizes; data fields are filled in from the dataset.
+# With pixel patches a token must be wider than the patch it carries (8x8x3 = 192 numbers): narrower
+# models memorise two clips several times slower in our tests.
+def tiny() -> dict:  # tests and laptops: < 3M parameters
+    return dict(preset="tiny", hidden_size=192, depth=4, num_heads=4, patch_size=8)
+
+
+def small() -> dict:  # the default MetaWorld model (64 px, pixel codec), one GPU
+    return dict(preset="small", hidden_size=384, depth=12, num_heads=6, patch_size=8)
+
+
+def base() -> dict:  # latent codec (e.g. 192x320 -> 24x40x4 with AutoencoderKL), DROID scale, multi-GPU
+    return dict(preset="base", hidden_size=768, depth=16, num_heads=12, patch_size=2)
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class KVContext:
+    """Keys/values of earlier, clean frames that the current frames attend to (all of them visible).
+
+    keys, values: one (B, heads, Lc, head_dim) tensor per layer; keys are stored *before* rotary
+    embedding so positions can be re-indexed. frame_pos: (B, Lc) time position of every cached token.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    frame_pos: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.frame_pos.shape[1]
+
+    @staticmethod
+    def concat(contexts: list["KVContext"]) -> "KVContext":
+        return KVContext(
+            keys=[torch.cat(layer, dim=2) for layer in zip(*(c.keys for c in contexts))],
+            values=[torch.cat(layer, dim=2) for layer in zip(*(c.values for c in contexts))],
+            frame_pos=torch.cat([c.frame_pos for c in contexts], dim=1),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
+    args = values.float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding of a grid x grid patch layout: (grid * grid, dim)."""
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([sinusoidal_embedding(ys.flatten(), dim // 2, 100.0),
+                      sinusoidal_embedding(xs.flatten(), dim // 2, 100.0)], dim=-1)
+
+
+def rotary(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding of time. x: (B, H, L, Dh); pos: (B, L) frame positions (may be fractional)."""
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = pos.float()[:, None, :, None] * inv_freq  # (B, 1, L, Dh/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, rope_theta: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.rope_theta = rope_theta
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(dim // num_heads, eps=1e-6)  # QK-norm keeps long-context logits tame
+        self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, pos, mask, context_k=None, context_v=None, context_pos=None):
+        # x: (B, Lq, D); pos: (B, Lq); mask: (Lq, Lc + Lq) bool, True = may attend
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        new_k, new_v = k, v  # cached before rotation: positions are re-indexed at use
+        q = rotary(q, pos, self.rope_theta)
+        k = rotary(k, pos, self.rope_theta)
+        if context_k is not None:
+            k = torch.cat([rotary(context_k.to(k.dtype), context_pos, self.rope_theta), k], dim=2)
+            v = torch.cat([context_v.to(v.dtype), v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)")), new_k, new_v
+
+
+class Block(nn.Module):
+    """Transformer block with per-frame adaLN-Zero modulation."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope_theta: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads, rope_theta)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c, pos, mask, context_k=None, context_v=None, context_pos=None):
+        # x: (B, T, L, D); c: (B, T, D) one conditioning vector per frame
+        B, T, L, D = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, :, None].chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1).reshape(B, T * L, D)
+        h, k, v = self.attn(h, pos, mask, context_k, context_v, context_pos)
+        x = x + gate1 * h.reshape(B, T, L, D)
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, k, v
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+class VideoDiT(ModelMixin, ConfigMixin):
+    """Predicts every frame's clean latents and normalised state (x-prediction, see diffusion.py)."""
+
+    @register_to_config
+    def __init__(self, config: dict):
+        super().__init__()
+        cfg = self.cfg = VideoDiTConfig(**config)
+        D, p = cfg.hidden_size, cfg.patch_size
+        if cfg.latent_size % p:
+            raise ValueError(f"patch_size: {p} does not divide latent_size {cfg.latent_size}")
+        if D % cfg.num_heads or (D // cfg.num_heads) % 2:
+            raise ValueError(f"hidden_size: {D} must split into {cfg.num_heads} heads of even size")
+        self.grid = cfg.latent_size // p
+
+        self.patch_embed = nn.Linear(cfg.latent_channels * p * p, D)
+        self.register_buffer("spatial_pos", sincos_2d(self.grid, D), persistent=False)
+        self.view_embed = nn.Parameter(torch.zeros(cfg.num_views, D))
+        self.camera_pose_embed = nn.Linear(cfg.camera_pose_dim, D)
+        self.state_embed = nn.Linear(cfg.state_dim, D)
+        self.state_token = nn.Parameter(torch.zeros(D))
+
+        self.noise_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
+        action_in = cfg.frame_stride * (cfg.action_dim + 1)  # + a padding flag per env step
+        self.action_embed = nn.Sequential(nn.Linear(action_in, D), nn.SiLU(), nn.Linear(D, D))
+        self.null_action = nn.Parameter(torch.zeros(D))  # "no action given": dropout / guidance
+
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta) for _ in range(cfg.depth)])
+        self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.out_latent = nn.Linear(D, cfg.latent_channels * p * p)
+        self.out_state = nn.Linear(D, cfg.state_dim)
+
+        def stats(values, size, default):
+            return torch.tensor(values if values is not None else [default] * size, dtype=torch.float32)
+
+        self.register_buffer("action_mean", stats(cfg.action_mean, cfg.action_dim, 0.0), persistent=False)
+        self.register_buffer("action_std", stats(cfg.action_std, cfg.action_dim, 1.0), persistent=False)
+        self.register_buffer("state_mean", stats(cfg.state_mean, cfg.state_dim, 0.0), persistent=False)
+        self.register_buffer("state_std", stats(cfg.state_std, cfg.state_dim, 1.0), persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """All weight init in one place (DiT): xavier linears, small embeddings, zeroed adaLN and outputs."""
+        def xavier(module):
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(xavier)
+        nn.init.normal_(self.view_embed, std=0.02)
+        nn.init.normal_(self.state_token, std=0.02)
+        nn.init.normal_(self.null_action, std=0.02)
+        for mlp in (self.noise_embed, self.action_embed):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        # A camera pose only matters once training has learned to use it.
+        nn.init.zeros_(self.camera_pose_embed.weight)
+        for block in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.final_modulation[-1], self.out_latent, self.out_state):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # -- normalisation with the dataset's own statistics (they travel in the config) ------------
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - self.state_mean) / self.state_std
+
+    def denormalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        return state * self.state_std + self.state_mean
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.action_mean) / self.action_std
+
+    # -- input checks: wrong shapes fail here with the field's name, not deep inside a matmul ----
+    def check_inputs(self, latents, state, noise_level, actions):
+        cfg = self.cfg
+        B, T = latents.shape[:2]
+        expected = (B, T, cfg.num_views, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        if latents.ndim != 6 or latents.shape[2] != cfg.num_views:
+            raise ValueError(f"latents: expected (B, T, V={cfg.num_views}, C, H, W) for views {cfg.camera_keys}, "
+                             f"got {tuple(latents.shape)}")
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"latents: expected {expected} (image size {cfg.image_size}), got {tuple(latents.shape)}")
+        if tuple(state.shape) != (B, T, cfg.state_dim):
+            raise ValueError(f"state: expected {(B, T, cfg.state_dim)}, got {tuple(state.shape)}")
+        if tuple(noise_level.shape) != (B, T):
+            raise ValueError(f"noise_level: expected {(B, T)}, got {tuple(noise_level.shape)}")
+        if tuple(actions.shape) != (B, T, cfg.frame_stride, cfg.action_dim):
+            raise ValueError(f"actions: expected (B, T, frame_stride={cfg.frame_stride}, action_dim={cfg.action_dim})"
+                             f" = {(B, T, cfg.frame_stride, cfg.action_dim)}, got {tuple(actions.shape)}")
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions: contain NaN or inf")
+
+    # -- forward ---------------------------------------------------------------------------------
+    def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None):
+        """One vector per frame: noise level + that frame's own action chunk. -> (B, T, D)"""
+        B, T = noise_level.shape
+        if actions_is_pad is None:
+            actions_is_pad = torch.zeros(actions.shape[:3], dtype=torch.bool, device=actions.device)
+        a = self.normalize_actions(actions).masked_fill(actions_is_pad[..., None], 0.0)
+        a = torch.cat([a, actions_is_pad[..., None].to(a.dtype)], dim=-1).reshape(B, T, -1)  # (B, T, stride*(A+1))
+        action_emb = self.action_embed(a)  # (B, T, D)
+        if action_mask is not None:  # False -> the unconditional "null action"
+            keep = action_mask.reshape(B, -1).expand(B, T)[..., None]
+            action_emb = torch.where(keep, action_emb, self.null_action.to(action_emb.dtype))
+        noise_emb = self.noise_embed(sinusoidal_embedding(noise_level * 1000.0, 256))
+        return noise_emb + action_emb
+
+    def forward(
+        self,
+        latents: torch.Tensor,  # (B, T, V, C, H, W) noisy latents
+        state: torch.Tensor,  # (B, T, S) noisy normalised state
+        noise_level: torch.Tensor,  # (B, T) flow-matching time in [0, 1]; 0 = clean
+        actions: torch.Tensor,  # (B, T, frame_stride, A) raw env actions
+        actions_is_pad: torch.Tensor | None = None,  # (B, T, frame_stride)
+        action_mask: torch.Tensor | None = None,  # (B,) or (B, T): False drops the actions
+        frame_pos: torch.Tensor | None = None,  # (B, T) time positions; default continues the context
+        camera_pose: torch.Tensor | None = None,  # (B, T, V, 12) world-to-camera extrinsics (3x4)
+        context: KVContext | None = None,  # clean earlier frames, all visible
+        return_kv: bool = False,
+    ):
+        cfg = self.cfg
+        self.check_inputs(latents, state, noise_level, actions)
+        B, T, V = latents.shape[:3]
+        N, L, p = cfg.tokens_per_view, cfg.tokens_per_frame, cfg.patch_size
+
+        # Tokens: patches of every view (+ view, spatial, camera-pose embeddings) and one state token.
+        patches = rearrange(latents, "b t v c (h p1) (w p2) -> b t v (h w) (c p1 p2)", p1=p, p2=p)
+        x = self.patch_embed(patches) + self.spatial_pos + self.view_embed[:, None]  # (B, T, V, N, D)
+        if camera_pose is None:  # zeros still go through the layer, so DDP sees every parameter used
+            camera_pose = x.new_zeros(B, T, V, cfg.camera_pose_dim)
+        x = x + self.camera_pose_embed(camera_pose.reshape(B, T, V, -1))[:, :, :, None]
+        x = x.reshape(B, T, V * N, -1)
+        state_tok = (self.state_embed(state) + self.state_token)[:, :, None]  # (B, T, 1, D)
+        x = torch.cat([x, state_tok], dim=2)  # (B, T, L, D)
+
+        c = self.frame_conditioning(noise_level, actions, actions_is_pad, action_mask)  # (B, T, D)
+
+        if frame_pos is None:
+            start = context.frame_pos.max(dim=1, keepdim=True).values + 1 if context is not None else 0
+            frame_pos = torch.arange(T, device=x.device)[None] + start
+        token_pos = frame_pos.repeat_interleave(L, dim=1)  # (B, T*L)
+        # Block-causal mask: a token sees every token of its own and earlier frames, and all context.
+        frame_of_token = torch.arange(T, device=x.device).repeat_interleave(L)
+        mask = frame_of_token[:, None] >= frame_of_token[None, :]  # (T*L, T*L)
+        if context is not None:
+            mask = torch.cat([mask.new_ones(T * L, context.length), mask], dim=1)
+
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.blocks):
+            ctx = (context.keys[i], context.values[i], context.frame_pos) if context is not None else (None, None, None)
+            x, k, v = block(x, c, token_pos, mask, *ctx)
+            if return_kv:
+                new_keys.append(k)
+                new_values.append(v)
+
+        shift, scale = self.final_modulation(c)[:, :, None].chunk(2, dim=-1)
+        x = modulate(self.final_norm(x), shift, scale)  # (B, T, L, D)
+        image_x = x[:, :, :-1].reshape(B, T, V, N, -1)
+        out_latents = rearrange(self.out_latent(image_x), "b t v (h w) (c p1 p2) -> b t v c (h p1) (w p2)",
+                                h=self.grid, p1=p, p2=p)
+        out = {"latents": out_latents, "state": self.out_state(x[:, :, -1])}  # (B,T,V,C,H,W), (B,T,S)
+        if return_kv:
+            out["kv"] = KVContext(new_keys, new_values, token_pos)
+        return out
+
+
+def build_config(preset: str, overrides: dict | None = None, **data_fields) -> VideoDiTConfig:
+    """A preset's network sizes, optional size overrides, and the dataset/codec fields."""
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset: {preset!r} is not one of {sorted(PRESETS)}")
+    sizes = PRESETS[preset]()
+    sizes.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return VideoDiTConfig(**sizes, **data_fields)
+
+
+def make_model(config: VideoDiTConfig) -> VideoDiT:
+    return VideoDiT(config=asdict(config))

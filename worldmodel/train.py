@@ -1,0 +1,347 @@
+"""Training with accelerate: one CPU, one GPU, many GPUs or nodes, all from the same code.
+
+    wm train --dataset.root=outputs/datasets/metaworld_push --model.preset=tiny --train.steps=2000
+    accelerate launch --num_processes 4 -m worldmodel.train --model.preset=small ...
+
+Output folder:
+    train_config.json            the resolved config
+    checkpoints/step_XXXXXX/     accelerate state (model, optimizer, scheduler, EMA, RNG) + model/ (EMA
+                                 weights, save_pretrained) + train_config.json; written to a temp
+                                 folder and renamed, so a crash never leaves half a checkpoint
+    checkpoints/latest           name of the newest complete checkpoint
+    model/                       final EMA weights: `VideoDiT.from_pretrained(output_dir/model)`
+    samples/step_XXXXXX.png      held-out clip: real (top) vs open-loop prediction (bottom), per view
+    metrics.jsonl, logs/         losses and validation PSNR (also in tensorboard)
+    train_summary.json           steps, throughput, and a parameter checksum from every process
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodel.codec import DiffusersAutoencoderCodec, PixelCodec
+from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.diffusion import DiffusionConfig, FlowMatching, GeneratorState, sample_full_sequence
+from worldmodel.model import VideoDiT, build_config, make_model
+
+
+@dataclass
+class ModelSpec:
+    preset: str = "tiny"  # tiny | small | base (worldmodel.model.PRESETS)
+    hidden_size: int | None = None  # None: the preset's value
+    depth: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
+
+
+@dataclass
+class CodecSpec:
+    # A diffusers autoencoder folder (AutoencoderKL, AutoencoderTiny, ...); None: diffuse raw pixels.
+    autoencoder: str | None = None
+    subfolder: str | None = None
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    schedule: str = "cosine"  # a diffusers.optimization scheduler name, e.g. cosine, constant_with_warmup
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str | None = None  # None: bf16 on CUDA, none on CPU; or accelerate's no/bf16/fp16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    val_every: int = 500
+    val_episodes: int = 1  # the last episodes of the dataset are held out for validation
+    val_clips: int = 8
+    val_sampling_steps: int = 10
+    num_workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    codec: CodecSpec = field(default_factory=CodecSpec)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    output_dir: str = "outputs/train/metaworld_push"
+    resume: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def split_episodes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=cfg.dataset.root)
+    episodes = cfg.dataset.episodes if cfg.dataset.episodes is not None else list(range(meta.total_episodes))
+    n_val = cfg.train.val_episodes
+    if n_val >= len(episodes):
+        raise ValueError(f"train.val_episodes: {n_val} leaves no training episode out of {len(episodes)}")
+    return (episodes[:-n_val], episodes[-n_val:]) if n_val > 0 else (episodes, [])
+
+
+def make_codec(cfg: TrainConfig):
+    if cfg.codec.autoencoder is None:
+        return PixelCodec(cfg.dataset.image_size)
+    return DiffusersAutoencoderCodec.from_pretrained(cfg.codec.autoencoder, cfg.dataset.image_size,
+                                                     subfolder=cfg.codec.subfolder)
+
+
+def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
+    spec = cfg.model
+    sizes = dict(hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads, patch_size=spec.patch_size)
+    return build_config(
+        spec.preset, sizes,
+        num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
+        action_dim=clips.action_dim, frame_stride=cfg.dataset.frame_stride, state_dim=clips.state_dim,
+        camera_keys=clips.camera_keys, image_size=cfg.dataset.image_size, fps=clips.fps,
+        pose_indices=list(cfg.dataset.pose_indices), codec=codec.description(), **clips.stats,
+    )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of images in [-1, 1], per leading element (reduces the last three dims)."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean(dim=(-3, -2, -1))
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+@torch.no_grad()
+def validate(model: VideoDiT, codec, clips: ClipDataset, n_clips: int, num_steps: int, device) -> tuple[dict, np.ndarray]:
+    """One-step-ahead PSNR (all but the last frame given) and open-loop PSNR (only the first frame given,
+    every later frame predicted from the recorded actions) on held-out clips. Also returns a picture."""
+    indices = np.linspace(0, len(clips) - 1, min(n_clips, len(clips))).astype(int)
+    batch = torch.utils.data.default_collate([clips[int(i)] for i in indices])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    images, T = batch["images"], batch["images"].shape[1]
+    latents = codec.encode(images)
+    generator = torch.Generator(device=device).manual_seed(0)
+    one_step, _ = sample_full_sequence(model, latents[:, :-1], batch["state"][:, :-1], batch["actions"],
+                                       num_steps, actions_is_pad=batch["actions_is_pad"], generator=generator)
+    open_loop, open_loop_state = sample_full_sequence(model, latents[:, :1], batch["state"][:, :1], batch["actions"],
+                                                      num_steps, actions_is_pad=batch["actions_is_pad"],
+                                                      generator=generator)
+    one_step_img, open_loop_img = codec.decode(one_step), codec.decode(open_loop)
+    per_horizon = psnr(open_loop_img, images[:, 1:]).mean(dim=(0, 2))  # (T-1,)
+    metrics = {
+        "val/psnr_one_step": psnr(one_step_img, images[:, -1:]).mean().item(),
+        "val/psnr_open_loop": per_horizon.mean().item(),
+        "val/psnr_open_loop_last": per_horizon[-1].item(),
+        "val/state_mse_open_loop": (model.normalize_state(open_loop_state)
+                                    - model.normalize_state(batch["state"][:, 1:])).pow(2).mean().item(),
+    }
+    # Picture: for clip 0, every view: real frames on top, open-loop prediction below (frame 0 is given).
+    real = images[0]  # (T, V, 3, H, W)
+    pred = torch.cat([images[0, :1], open_loop_img[0]], dim=0)
+    rows = [torch.cat(list(frames[:, v]), dim=-1) for v in range(real.shape[1]) for frames in (real, pred)]
+    grid = ((torch.cat(rows, dim=-2).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return metrics, grid
+
+
+# ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> Path:
+    import cv2
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    loop = cfg.train
+    mixed_precision = loop.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
+    # The one Accelerator: devices, processes, mixed precision, data sharding, checkpoint state, trackers.
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(out / "logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    is_main = accelerator.is_main_process
+    latest_file = ckpt_root / "latest"
+    if is_main and not cfg.resume and latest_file.exists():
+        raise FileExistsError(f"output_dir: {out} already holds checkpoints; pass --resume=true to continue "
+                              "or choose another --output_dir")
+    set_seed(loop.seed)
+
+    train_episodes, val_episodes = split_episodes(cfg)
+    # The main process builds the decoded cache first; the others then find it ready.
+    with accelerator.main_process_first():
+        train_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": train_episodes}))
+        val_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": val_episodes})) if val_episodes else None
+    codec = make_codec(cfg).to(accelerator.device)
+    model_config = model_config_for(cfg, train_clips, codec)
+    model = make_model(model_config)
+    resolved = {"train": asdict(cfg), "model": asdict(model_config),
+                "episodes": {"train": train_episodes, "val": val_episodes}}
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "train_config.json", resolved)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay, betas=(0.9, 0.99))
+    scheduler = get_scheduler(loop.schedule, optimizer, num_warmup_steps=loop.warmup_steps,
+                              num_training_steps=loop.steps)
+    loader = torch.utils.data.DataLoader(train_clips, batch_size=loop.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=loop.num_workers, persistent_workers=loop.num_workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"train.batch_size: {loop.batch_size} is larger than the {len(train_clips)} training clips")
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=loop.ema_decay)
+    ema.to(accelerator.device)
+    # Diffusion noise has its own generator, one stream per process, checkpointed with the run: the global
+    # RNG is also drawn by DataLoader iterators, whose creation points differ after a mid-epoch resume.
+    noise = GeneratorState(loop.seed * 1000 + accelerator.process_index, accelerator.device)
+    accelerator.register_for_checkpointing(ema, noise)
+    diffusion = FlowMatching(cfg.diffusion)
+    unwrapped = accelerator.unwrap_model(model)
+
+    step = 0
+    if cfg.resume and latest_file.exists():
+        name = latest_file.read_text().strip()
+        accelerator.load_state(str(ckpt_root / name))
+        step = int(name.split("_")[1])
+        accelerator.print(f"resumed from {ckpt_root / name} at step {step}")
+
+    def save_ema_model(directory: Path) -> None:
+        unwrapped = accelerator.unwrap_model(model)
+        ema.store(unwrapped.parameters())
+        ema.copy_to(unwrapped.parameters())
+        unwrapped.save_pretrained(directory, safe_serialization=True)
+        ema.restore(unwrapped.parameters())
+        write_json_atomic(directory / "train_config.json", resolved)
+
+    def checkpoint() -> None:
+        name = f"step_{step:06d}"
+        tmp = ckpt_root / f"{name}.tmp"
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if is_main:
+            save_ema_model(tmp / "model")
+            write_json_atomic(tmp / "train_config.json", resolved)
+            shutil.rmtree(ckpt_root / name, ignore_errors=True)
+            os.replace(tmp, ckpt_root / name)
+            (ckpt_root / "latest.tmp").write_text(name)
+            os.replace(ckpt_root / "latest.tmp", latest_file)
+            complete = sorted(p for p in ckpt_root.glob("step_*") if not p.name.endswith(".tmp"))
+            for old in complete[:-loop.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def run_validation() -> dict:
+        if val_clips is None or not is_main:
+            return {}
+        unwrapped = accelerator.unwrap_model(model)
+        ema.store(unwrapped.parameters())
+        ema.copy_to(unwrapped.parameters())
+        unwrapped.eval()
+        metrics, grid = validate(unwrapped, codec, val_clips, loop.val_clips, loop.val_sampling_steps,
+                                 accelerator.device)
+        unwrapped.train()
+        ema.restore(unwrapped.parameters())
+        (out / "samples").mkdir(exist_ok=True)
+        cv2.imwrite(str(out / "samples" / f"step_{step:06d}.png"), grid[..., ::-1])
+        return metrics
+
+    if is_main:
+        accelerator.init_trackers("worldmodel")
+    steps_per_epoch = len(loader)
+
+    def batches(start_step: int):
+        """Batches from exactly where `start_step` left off: same epoch order, same position."""
+        epoch, skip = divmod(start_step, steps_per_epoch)
+        while True:
+            loader.set_epoch(epoch)
+            for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+                yield batch
+            epoch, skip = epoch + 1, 0
+
+    model.train()
+    progress = tqdm(total=loop.steps, initial=step, desc="training", disable=not is_main, unit="step")
+    metrics_file = out / "metrics.jsonl"
+    started, start_step, clips_seen = time.time(), step, 0
+    data = batches(step)
+    while step < loop.steps:
+        batch = next(data)
+        with accelerator.autocast():
+            latents = codec.encode(batch["images"])
+            state = unwrapped.normalize_state(batch["state"])
+            loss, logs = diffusion.loss(model, latents, state, batch["actions"], batch["actions_is_pad"],
+                                        noise.generator)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), loop.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        clips_seen += batch["images"].shape[0] * accelerator.num_processes
+        progress.update(1)
+
+        record = {}
+        if step % loop.log_every == 0 or step == loop.steps:
+            record = {k: accelerator.reduce(v, "mean").item() for k, v in logs.items()}
+            record["lr"] = scheduler.get_last_lr()[0]
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+        if step % loop.val_every == 0 or step == loop.steps:
+            record.update(run_validation())
+        if record and is_main:
+            accelerator.log(record, step=step)
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+        if step % loop.checkpoint_every == 0 or step == loop.steps:
+            checkpoint()
+    progress.close()
+    elapsed = time.time() - started
+
+    # Every process reports a checksum of its parameters: they must agree (DDP keeps replicas equal).
+    flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(model).parameters()])
+    position_weights = torch.arange(flat.numel(), device=flat.device) % 7919 + 1  # order-sensitive
+    checksum = torch.stack([flat.sum(), (flat * position_weights).sum()])
+    checksums = accelerator.gather(checksum[None].double()).cpu().tolist()
+    if is_main:
+        save_ema_model(out / "model")
+        trained = step - start_step
+        write_json_atomic(out / "train_summary.json", {
+            "steps": step, "steps_this_run": trained, "resumed_from_step": start_step,
+            "num_processes": accelerator.num_processes, "seconds": elapsed,
+            "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "param_checksums_per_process": checksums,
+        })
+    accelerator.end_training()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import draccus
+
+    cfg = draccus.parse(TrainConfig, args=argv)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
