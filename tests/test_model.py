@@ -93,6 +93,22 @@ def test_kv_context_equals_the_full_pass_and_positions_are_relative():
 
 
 @torch.no_grad()
+def test_flex_attention_path_matches_sdpa():
+    """The block mask FlexAttention uses on CUDA is the same pattern as the dense SDPA mask."""
+    model, x = random_model(), inputs()
+    dense = model(**x)
+    prefix = model(**{n: v[:, :3] for n, v in x.items()}, return_kv=True)
+    dense_ctx = model(**{n: v[:, 3:] for n, v in x.items()}, context=prefix["kv"])
+    model.force_flex_attention = True
+    try:
+        torch.testing.assert_close(model(**x)["latents"], dense["latents"], atol=1e-5, rtol=1e-5)
+        flex_ctx = model(**{n: v[:, 3:] for n, v in x.items()}, context=prefix["kv"])
+        torch.testing.assert_close(flex_ctx["latents"], dense_ctx["latents"], atol=1e-5, rtol=1e-5)
+    finally:
+        model.force_flex_attention = False
+
+
+@torch.no_grad()
 def test_camera_pose_is_representable():
     model, x = random_model(), inputs()
     pose = torch.randn(B, T, V, 12)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
@@ -37,6 +38,9 @@ class VideoDiTConfig:
     mlp_ratio: float = 4.0
     patch_size: int = 8
     rope_theta: float = 10000.0
+    # On CUDA, block-causal attention runs through FlexAttention (compiled; skips fully masked blocks)
+    # instead of SDPA with a dense boolean mask.
+    flex_attention_on_cuda: bool = True
     # -- what it models (filled in from the dataset and codec at training time) --
     num_views: int = 3
     latent_channels: int = 3
@@ -140,6 +144,21 @@ def rotary(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+_compiled_flex_attention = None
+
+
+def attend(q, k, v, mask):
+    """SDPA with a dense boolean mask, or FlexAttention with a BlockMask (compiled on CUDA)."""
+    global _compiled_flex_attention
+    if isinstance(mask, BlockMask):
+        if q.is_cuda:
+            if _compiled_flex_attention is None:
+                _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+            return _compiled_flex_attention(q, k, v, block_mask=mask)
+        return flex_attention(q, k, v, block_mask=mask)  # eager reference path (tests on CPU)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, rope_theta: float):
         super().__init__()
@@ -160,7 +179,7 @@ class Attention(nn.Module):
         if context_k is not None:
             k = torch.cat([rotary(context_k.to(k.dtype), context_pos, self.rope_theta), k], dim=2)
             v = torch.cat([context_v.to(v.dtype), v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         return self.proj(rearrange(out, "b h l d -> b l (h d)")), new_k, new_v
 
 
@@ -285,6 +304,25 @@ class VideoDiT(ModelMixin, ConfigMixin):
             raise ValueError("actions: contain NaN or inf")
 
     # -- forward ---------------------------------------------------------------------------------
+    force_flex_attention = False  # tests set this to check the FlexAttention path on CPU
+
+    def attention_mask(self, T: int, L: int, context_length: int, device, use_flex: bool):
+        """Block-causal: a token sees every token of its own and earlier frames, and all context.
+        Dense (T*L, context + T*L) bool for SDPA, or a cached BlockMask for FlexAttention."""
+        frame_of_key = torch.cat([torch.full((context_length,), -1, device=device),
+                                  torch.arange(T, device=device).repeat_interleave(L)])
+        frame_of_query = frame_of_key[context_length:]
+        if not use_flex:
+            return frame_of_query[:, None] >= frame_of_key[None, :]
+        key = (T, L, context_length, str(device))
+        cache = self.__dict__.setdefault("_block_masks", {})
+        if key not in cache:
+            def block_causal(b, h, q_idx, kv_idx):
+                return frame_of_query[q_idx] >= frame_of_key[kv_idx]
+
+            cache[key] = create_block_mask(block_causal, None, None, T * L, context_length + T * L, device=device)
+        return cache[key]
+
     def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None):
         """One vector per frame: noise level + that frame's own action chunk. -> (B, T, D)"""
         B, T = noise_level.shape
@@ -333,11 +371,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
             start = context.frame_pos.max(dim=1, keepdim=True).values + 1 if context is not None else 0
             frame_pos = torch.arange(T, device=x.device)[None] + start
         token_pos = frame_pos.repeat_interleave(L, dim=1)  # (B, T*L)
-        # Block-causal mask: a token sees every token of its own and earlier frames, and all context.
-        frame_of_token = torch.arange(T, device=x.device).repeat_interleave(L)
-        mask = frame_of_token[:, None] >= frame_of_token[None, :]  # (T*L, T*L)
-        if context is not None:
-            mask = torch.cat([mask.new_ones(T * L, context.length), mask], dim=1)
+        use_flex = self.force_flex_attention or (cfg.flex_attention_on_cuda and x.is_cuda)
+        mask = self.attention_mask(T, L, context.length if context is not None else 0, x.device, use_flex)
 
         new_keys, new_values = [], []
         for i, block in enumerate(self.blocks):
