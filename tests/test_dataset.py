@@ -117,3 +117,34 @@ def test_bad_inputs_raise_clear_errors(tiny_dataset_root):
         ClipDataset(config(tiny_dataset_root, state_key="observation.joints"))
     with pytest.raises(ValueError, match="clip_frames"):
         ClipDataset(config(tiny_dataset_root, clip_frames=20, frame_stride=3))
+
+
+def test_memory_frames_come_from_earlier_in_the_episode_by_pose(tiny_dataset_root):
+    clips = ClipDataset(config(tiny_dataset_root, memory_frames=3))
+    stride = clips.cfg.frame_stride
+    late = None
+    for index in range(len(clips)):
+        item = clips[index]
+        first = int(item["step_index"][0])
+        offsets = item["memory_offset"]
+        valid = item["memory_valid"]
+        assert item["memory_images"].shape == (3, 2, 3, 32, 32) and item["memory_state"].shape == (3, 39)
+        if first == 0:
+            assert not valid.any()  # nothing before the clip
+            continue
+        assert valid[0] and offsets[0] == -first / stride  # slot 0: the episode's first frame (the sink)
+        steps = (offsets[1:][valid[1:]] * stride + first).round().long()
+        assert ((steps >= 1) & (steps <= first - stride)).all()  # earlier than the clip by at least a stride
+        if first >= 20:
+            late = (item, first)
+    item, first = late
+    # The retrieved frames are among the nearest in pose to some frame of the clip: closer than the median
+    # earlier frame is to every clip frame.
+    ep = clips.cache.episode_start[int(item["episode_index"])]
+    earlier = clips.cache.states[ep + 1:ep + first - stride + 1][:, :4]
+    clip_pose = item["pose"].numpy()
+    chosen = item["memory_state"][1:][item["memory_valid"][1:]][:, :4].numpy()
+    best = lambda p: ((clip_pose[:, None] - p[None]) ** 2).sum(-1).min(0)  # distance to the nearest clip frame
+    assert np.median(best(chosen)) <= np.median(best(earlier))
+    # Reading the same clip twice gives the same memory (a resumed run sees what it would have seen).
+    torch.testing.assert_close(clips[len(clips) - 1]["memory_offset"], clips[len(clips) - 1]["memory_offset"])

@@ -96,3 +96,27 @@ def test_sampler_needs_future_frames(clips):
     model = tiny_model(clips)
     with pytest.raises(ValueError, match="actions"):
         sample_full_sequence(model, torch.zeros(1, 2, 2, 3, 32, 32), torch.zeros(1, 2, 39), torch.zeros(1, 2, 3, 4))
+
+
+def test_training_with_memory_frames_uses_them(clips, tiny_dataset_root):
+    with_memory = ClipDataset(DatasetConfig(**{**clips.cfg.__dict__, "memory_frames": 2}))
+    model = tiny_model(with_memory)
+    for p in model.parameters():  # random everywhere, as after some training
+        p.data.add_(torch.randn_like(p) * 0.05)
+    batch = torch.utils.data.default_collate([with_memory[i] for i in (20, 60)])
+    assert batch["memory_valid"].all()
+    memory = {"latents": batch["memory_images"], "state": model.normalize_state(batch["memory_state"]),
+              "frame_pos": batch["memory_offset"].clamp(min=-model.cfg.max_offset), "valid": batch["memory_valid"]}
+    fm = FlowMatching(DiffusionConfig(memory_dropout=0.0))
+
+    def loss(mem):
+        torch.manual_seed(0)
+        return fm.loss(model, batch["images"], model.normalize_state(batch["state"]), batch["actions"],
+                       memory=mem)[0]
+
+    with_mem = loss(memory)
+    with_mem.backward()
+    assert model.patch_embed.weight.grad is not None
+    assert abs(with_mem.item() - loss(None).item()) > 1e-4  # the memory frames reach the prediction
+    invalid = {**memory, "valid": torch.zeros_like(memory["valid"])}
+    torch.testing.assert_close(loss(invalid), loss(None))  # masked memory is no memory

@@ -21,7 +21,7 @@ from worldmodel.train import main as train_main
 def train_args(dataset_root, output_dir, steps, **extra) -> list[str]:
     args = {
         "dataset.root": dataset_root, "dataset.repo_id": "test/tiny", "dataset.camera_keys": "[corner,gripperPOV]",
-        "dataset.image_size": 32, "dataset.frame_stride": 3, "dataset.clip_frames": 4,
+        "dataset.image_size": 32, "dataset.frame_stride": 3, "dataset.clip_frames": 4, "dataset.memory_frames": 2,
         "model.preset": "tiny", "model.hidden_size": 96, "model.depth": 3,
         "train.steps": steps, "train.batch_size": 16, "train.lr": 2e-3, "train.warmup_steps": 10,
         "train.schedule": "constant_with_warmup", "train.num_workers": 0, "train.val_episodes": 1,

@@ -12,6 +12,8 @@ conditioning).
     pose            (T, P) the state components memory retrieval indexes on
     step_index      (T,) env step of each frame inside its episode
     episode_index   ()
+    with memory_frames = M > 0, also memory_images (M, V, 3, H, W), memory_state (M, S),
+    memory_offset (M,) position in frames relative to the clip's first frame (negative), memory_valid (M,)
 
 Decoding video per sample is far too slow to train on, so every selected frame is decoded once at
 training resolution into a uint8 memory-mapped cache (rebuilt automatically when the dataset, the
@@ -52,6 +54,10 @@ class DatasetConfig:
     # Indices into the state vector that make the robot pose (MetaWorld: hand xyz + gripper).
     pose_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     episodes: list[int] | None = None  # None: all episodes
+    # Memory frames per clip (0: none). Slot 0 is the episode's first frame (the attention sink); the
+    # others are earlier frames of the same episode chosen by pose proximity to a frame of the clip, so
+    # the model learns to use what the streaming sampler's pose memory will retrieve.
+    memory_frames: int = 0
     cache_dir: str | None = None  # None: $WORLDMODEL_CACHE or ~/.cache/worldmodel
     video_backend: str | None = None  # None: lerobot's default (torchcodec, else pyav)
 
@@ -255,7 +261,7 @@ class ClipDataset(torch.utils.data.Dataset):
         actions = cache.actions[start + np.clip(action_steps, 0, None)]
         actions[is_pad] = 0.0
         state = cache.states[start + steps]
-        return {
+        sample = {
             "images": images,
             "actions": torch.from_numpy(actions),
             "actions_is_pad": torch.from_numpy(is_pad),
@@ -263,6 +269,36 @@ class ClipDataset(torch.utils.data.Dataset):
             "pose": torch.from_numpy(state[:, cfg.pose_indices]),
             "step_index": torch.from_numpy(steps),
             "episode_index": torch.tensor(int(cache.episode_index[episode])),
+        }
+        if cfg.memory_frames > 0:
+            sample.update(self.memory_for(start, first_step, state, seed=start + first_step))
+        return sample
+
+    def memory_for(self, start: int, first_step: int, clip_state: np.ndarray, seed: int) -> dict:
+        """Slot 0: the episode's first frame; the rest: frames at least one stride before the clip whose pose
+        is nearest to the pose at a random frame of the clip (a random pick among the 2(M-1) nearest).
+        Seeded by the clip, so a resumed run sees the same memory as an uninterrupted one."""
+        cfg, cache = self.cfg, self.cache
+        M = cfg.memory_frames
+        rng = np.random.default_rng(seed)
+        steps = np.zeros(M, dtype=np.int64)
+        valid = np.zeros(M, dtype=bool)
+        if first_step > 0:
+            valid[0] = True  # the sink
+        candidates = np.arange(1, max(first_step - cfg.frame_stride + 1, 1))
+        if len(candidates) and M > 1:
+            target = clip_state[rng.integers(len(clip_state)), cfg.pose_indices]
+            poses = cache.states[start + candidates][:, cfg.pose_indices]
+            nearest = candidates[np.argsort(((poses - target) ** 2).sum(1))[:2 * (M - 1)]]
+            chosen = np.sort(rng.choice(nearest, size=min(M - 1, len(nearest)), replace=False))
+            steps[1:1 + len(chosen)] = chosen
+            valid[1:1 + len(chosen)] = True
+        images = torch.from_numpy(np.ascontiguousarray(cache.images[start + steps]))
+        return {
+            "memory_images": images.permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0),
+            "memory_state": torch.from_numpy(cache.states[start + steps]),
+            "memory_offset": torch.from_numpy((steps - first_step) / cfg.frame_stride).float(),
+            "memory_valid": torch.from_numpy(valid),
         }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ class DiffusionConfig:
     state_loss_weight: float = 1.0
     # v = (x_t - x0) / t is clamped at t >= min_t so that nearly clean frames do not dominate the loss.
     min_t: float = 0.2
+    memory_dropout: float = 0.2  # clips trained without their memory frames, so an empty memory works too
 
 
 def per_frame(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -95,9 +96,11 @@ class FlowMatching:
 
     def loss(self, model: VideoDiT, latents: torch.Tensor, state0: torch.Tensor, actions: torch.Tensor,
              actions_is_pad: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+             generator: torch.Generator | None = None, memory: dict | None = None) -> tuple[torch.Tensor, dict]:
         """latents (B, T, V, C, H, W) clean codec latents; state0 (B, T, S) clean *normalised* state;
         actions (B, T, stride, A) raw. `model` may be wrapped (DDP): only its forward is called.
+        memory: optional clean memory frames for `VideoDiT.encode_memory` (latents, normalised state, frame_pos,
+        valid); whole clips lose theirs with probability `memory_dropout`.
         All randomness comes from `generator` (the trainer checkpoints its state, for exact resumes)."""
         B, T = latents.shape[:2]
         device = latents.device
@@ -106,7 +109,10 @@ class FlowMatching:
         noise_state = torch.randn(state0.shape, device=device, generator=generator)
         action_mask = torch.rand(B, device=device, generator=generator) >= self.config.action_dropout
         noisy_latents, noisy_state = add_noise(latents, noise_latents, t), add_noise(state0, noise_state, t)
-        out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask)
+        if memory is not None:
+            keep = torch.rand(B, device=device, generator=generator) >= self.config.memory_dropout
+            memory = {**memory, "valid": memory["valid"] & keep[:, None]}
+        out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory)
         min_t = self.config.min_t
         weight = in_loss.float()
         latent_err = (velocity(noisy_latents, out["latents"].float(), t, min_t)

@@ -49,6 +49,9 @@ class VideoDiTConfig:
     frame_stride: int = 4
     state_dim: int = 39
     camera_pose_dim: int = 12  # flattened 3x4 world-to-camera extrinsics, optional at call time
+    # Cached/retrieved frames sit at most this many frames in the past (positions are clamped here in
+    # training and in the streaming sampler alike, so no rollout uses positions training never saw).
+    max_offset: int = 15
     # -- everything else a checkpoint needs to be used on its own --
     preset: str = "tiny"
     camera_keys: list[str] = field(default_factory=lambda: ["corner", "corner2", "gripperPOV"])
@@ -99,6 +102,7 @@ class KVContext:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     frame_pos: torch.Tensor
+    valid: torch.Tensor | None = None  # (B, Lc) False for padding (rollouts whose cache is not full yet)
 
     @property
     def length(self) -> int:
@@ -106,10 +110,16 @@ class KVContext:
 
     @staticmethod
     def concat(contexts: list["KVContext"]) -> "KVContext":
+        contexts = [c for c in contexts if c is not None and c.length > 0]
+        if not contexts:
+            return None
+        any_padding = any(c.valid is not None for c in contexts)
         return KVContext(
             keys=[torch.cat(layer, dim=2) for layer in zip(*(c.keys for c in contexts))],
             values=[torch.cat(layer, dim=2) for layer in zip(*(c.values for c in contexts))],
             frame_pos=torch.cat([c.frame_pos for c in contexts], dim=1),
+            valid=torch.cat([c.valid if c.valid is not None else torch.ones_like(c.frame_pos, dtype=torch.bool)
+                             for c in contexts], dim=1) if any_padding else None,
         )
 
 
@@ -297,6 +307,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"state: expected {(B, T, cfg.state_dim)}, got {tuple(state.shape)}")
         if tuple(noise_level.shape) != (B, T):
             raise ValueError(f"noise_level: expected {(B, T)}, got {tuple(noise_level.shape)}")
+        self.check_actions(actions, B, T)
+
+    def check_actions(self, actions, B: int, T: int):
+        cfg = self.cfg
         if tuple(actions.shape) != (B, T, cfg.frame_stride, cfg.action_dim):
             raise ValueError(f"actions: expected (B, T, frame_stride={cfg.frame_stride}, action_dim={cfg.action_dim})"
                              f" = {(B, T, cfg.frame_stride, cfg.action_dim)}, got {tuple(actions.shape)}")
@@ -323,6 +337,24 @@ class VideoDiT(ModelMixin, ConfigMixin):
             cache[key] = create_block_mask(block_causal, None, None, T * L, context_length + T * L, device=device)
         return cache[key]
 
+    def encode_memory(self, latents, state, frame_pos, valid) -> KVContext:
+        """Keys/values of memory frames, each encoded on its own (clean, no action), the same way in
+        training and in the streaming sampler. latents (B, M, V, C, H, W); state (B, M, S) normalised;
+        frame_pos (B, M) positions (negative: the past); valid (B, M) bool."""
+        B, M = latents.shape[:2]
+        cfg, L = self.cfg, self.cfg.tokens_per_frame
+        out = self(latents.reshape(B * M, 1, *latents.shape[2:]), state.reshape(B * M, 1, -1),
+                   latents.new_zeros(B * M, 1),
+                   latents.new_zeros(B * M, 1, cfg.frame_stride, cfg.action_dim),
+                   action_mask=torch.zeros(B * M, dtype=torch.bool, device=latents.device),
+                   frame_pos=latents.new_zeros(B * M, 1), return_kv=True)
+
+        def merge(t):  # (B*M, H, L, Dh) -> (B, H, M*L, Dh)
+            return t.reshape(B, M, *t.shape[1:]).permute(0, 2, 1, 3, 4).reshape(B, t.shape[1], M * L, -1)
+
+        return KVContext([merge(k) for k in out["kv"].keys], [merge(v) for v in out["kv"].values],
+                         frame_pos.float().repeat_interleave(L, dim=1), valid.repeat_interleave(L, dim=1))
+
     def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None):
         """One vector per frame: noise level + that frame's own action chunk. -> (B, T, D)"""
         B, T = noise_level.shape
@@ -348,10 +380,13 @@ class VideoDiT(ModelMixin, ConfigMixin):
         frame_pos: torch.Tensor | None = None,  # (B, T) time positions; default continues the context
         camera_pose: torch.Tensor | None = None,  # (B, T, V, 12) world-to-camera extrinsics (3x4)
         context: KVContext | None = None,  # clean earlier frames, all visible
+        memory: dict | None = None,  # retrieved frames, encoded alone: see encode_memory
         return_kv: bool = False,
     ):
         cfg = self.cfg
         self.check_inputs(latents, state, noise_level, actions)
+        if memory is not None:
+            context = KVContext.concat([self.encode_memory(**memory), context])
         B, T, V = latents.shape[:3]
         N, L, p = cfg.tokens_per_view, cfg.tokens_per_frame, cfg.patch_size
 
@@ -371,8 +406,12 @@ class VideoDiT(ModelMixin, ConfigMixin):
             start = context.frame_pos.max(dim=1, keepdim=True).values + 1 if context is not None else 0
             frame_pos = torch.arange(T, device=x.device)[None] + start
         token_pos = frame_pos.repeat_interleave(L, dim=1)  # (B, T*L)
-        use_flex = self.force_flex_attention or (cfg.flex_attention_on_cuda and x.is_cuda)
+        padded = context is not None and context.valid is not None
+        use_flex = not padded and (self.force_flex_attention or (cfg.flex_attention_on_cuda and x.is_cuda))
         mask = self.attention_mask(T, L, context.length if context is not None else 0, x.device, use_flex)
+        if padded:  # per-rollout padding of the cache: (B, 1, T*L, Lc + T*L)
+            keep = torch.cat([context.valid, context.valid.new_ones(B, T * L)], dim=1)
+            mask = mask[None, None] & keep[:, None, None, :]
 
         new_keys, new_values = [], []
         for i, block in enumerate(self.blocks):

@@ -288,8 +288,14 @@ def train(cfg: TrainConfig) -> Path:
         with accelerator.autocast():
             latents = codec.encode(batch["images"])
             state = unwrapped.normalize_state(batch["state"])
+            memory = None
+            if "memory_images" in batch:
+                memory = {"latents": codec.encode(batch["memory_images"]),
+                          "state": unwrapped.normalize_state(batch["memory_state"]),
+                          "frame_pos": batch["memory_offset"].clamp(min=-unwrapped.cfg.max_offset),
+                          "valid": batch["memory_valid"]}
             loss, logs = diffusion.loss(model, latents, state, batch["actions"], batch["actions_is_pad"],
-                                        noise.generator)
+                                        noise.generator, memory)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), loop.grad_clip)
@@ -332,6 +338,9 @@ def train(cfg: TrainConfig) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "param_checksums_per_process": checksums,
         })
+    # Every process reaches end_training (which tears the process group down) together: with rank 0
+    # still writing files, gloo's teardown sometimes hung.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
 

@@ -1,0 +1,136 @@
+"""Streaming sampler: the KV cache changes nothing but cost; sinks and memory matter; everything stays bounded."""
+
+import pytest
+import torch
+
+from worldmodel.memory import MemoryConfig
+from worldmodel.model import build_config, make_model
+from worldmodel.sampler import SamplerConfig, StreamingSampler
+
+B, V, SIZE, STRIDE = 2, 2, 16, 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2), num_views=V, latent_size=SIZE,
+                       image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"], max_offset=12)
+    m = make_model(cfg).eval()
+    with torch.no_grad():  # every weight random, so that no property holds by accident of zero init
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def start(model, config, use_cache=True, seed=0, batch=B):
+    g = torch.Generator().manual_seed(seed)
+    sampler = StreamingSampler(model, config, batch, use_cache=use_cache)
+    sampler.reset(torch.randn(batch, 1, V, 3, SIZE, SIZE, generator=g), torch.randn(batch, 1, 39, generator=g))
+    return sampler
+
+
+def actions(n, seed=1, batch=B):
+    return torch.randn(batch, n, STRIDE, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def run(sampler, n, seed=2, action_seed=1):
+    return sampler.rollout(actions(n, action_seed, sampler.B), torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("rolling,steps,window", [(True, 4, 2), (True, 3, 3), (False, 3, 2)])
+def test_cached_rollout_equals_recomputing_the_history_every_step(model, rolling, steps, window):
+    config = SamplerConfig(steps=steps, window=window, rolling=rolling, recent_frames=8, memory=MemoryConfig(k=0))
+    cached, cached_state = run(start(model, config), 7)
+    naive, naive_state = run(start(model, config, use_cache=False), 7)
+    assert cached.shape == (B, 7, V, 3, SIZE, SIZE)
+    torch.testing.assert_close(cached, naive, rtol=0, atol=1e-4)
+    torch.testing.assert_close(cached_state, naive_state, rtol=0, atol=1e-4)
+
+
+def test_rolling_and_chunked_denoising_differ_but_both_use_every_step(model):
+    rolling = start(model, SamplerConfig(steps=4, window=4, rolling=True, memory=MemoryConfig(k=0)))
+    chunked = start(model, SamplerConfig(steps=4, window=1, rolling=False, memory=MemoryConfig(k=0)))
+    a, _ = run(rolling, 6)
+    b, _ = run(chunked, 6)
+    assert (a - b).abs().max() > 1e-3
+    assert chunked.passes == 6 * 4  # S passes per frame
+    assert rolling.passes == 6 + 4 - 1  # one pass per entering frame, plus draining the window
+
+
+def test_removing_the_sink_changes_the_output(model):
+    with_sink = SamplerConfig(steps=2, window=2, sink_frames=1, recent_frames=2, memory=MemoryConfig(k=0))
+    no_sink = SamplerConfig(steps=2, window=2, sink_frames=0, recent_frames=2, memory=MemoryConfig(k=0))
+    a, _ = run(start(model, with_sink), 8)
+    b, _ = run(start(model, no_sink), 8)
+    assert (a[:, -1] - b[:, -1]).abs().max() > 1e-3  # long after the first frame left the recent window
+
+
+def test_memory_matters_and_an_empty_memory_adds_nothing(model):
+    def config(k):
+        return SamplerConfig(steps=2, window=2, recent_frames=3, memory=MemoryConfig(k=k, capacity=8))
+
+    # Short rollout: every earlier frame is a sink or still recent, so nothing can be retrieved.
+    short_with, _ = run(start(model, config(2)), 3)
+    short_without, _ = run(start(model, config(0)), 3)
+    torch.testing.assert_close(short_with, short_without, rtol=0, atol=0)
+    # Longer: frames that left the recent window are retrieved by pose and change the prediction.
+    long_with, _ = run(start(model, config(2)), 9)
+    long_without, _ = run(start(model, config(0)), 9)
+    assert (long_with[:, -1] - long_without[:, -1]).abs().max() > 1e-3
+
+
+def test_1000_frame_rollout_stays_bounded(model, monkeypatch):
+    config = SamplerConfig(steps=2, window=2, recent_frames=3, sink_frames=1, memory=MemoryConfig(k=1, capacity=8))
+    sampler = start(model, config, batch=1)
+    oldest_position = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        if kwargs.get("context") is not None:
+            oldest_position.append(float(kwargs["context"].frame_pos.min()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    for _ in range(10):
+        frames, state = run(sampler, 100)
+        assert torch.isfinite(frames).all() and torch.isfinite(state).all()
+        assert sampler.cache_frames() <= config.sink_frames + config.recent_frames
+        assert int(sampler.memory.size.max()) <= config.memory.capacity
+        assert sampler.recent_k[0].shape[2] == config.recent_frames * model.cfg.tokens_per_frame
+    assert int(sampler.frames_done[0]) == 1001
+    assert min(oldest_position) >= -model.cfg.max_offset  # never a position training did not see
+
+
+def test_resetting_one_rollout_leaves_it_exactly_like_a_fresh_one(model):
+    config = SamplerConfig(steps=2, window=2, recent_frames=3, memory=MemoryConfig(k=1, capacity=8))
+    g = torch.Generator().manual_seed(5)
+    obs = torch.randn(B, 1, V, 3, SIZE, SIZE, generator=g), torch.randn(B, 1, 39, generator=g)
+    fresh = StreamingSampler(model, config, B)
+    fresh.reset(*obs)
+    expected, _ = run(fresh, 4, seed=9, action_seed=3)
+
+    busy = StreamingSampler(model, config, B)
+    busy.reset(torch.randn(B, 1, V, 3, SIZE, SIZE), torch.randn(B, 1, 39))
+    run(busy, 6)
+    busy.reset(*obs, rollouts=torch.tensor([False, True]))  # rollout 1 restarts, rollout 0 goes on
+    assert busy.frames_done.tolist() == [7, 1]
+    got, _ = run(busy, 4, seed=9, action_seed=3)
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-5)
+    assert (got[0] - expected[0]).abs().max() > 1e-3
+
+
+def test_bad_use_is_refused(model):
+    sampler = StreamingSampler(model, SamplerConfig(), 1)
+    with pytest.raises(RuntimeError, match="reset"):
+        sampler.rollout(actions(1, batch=1))
+    sampler = start(model, SamplerConfig(), batch=1)
+    with pytest.raises(ValueError, match="action_dim=4"):
+        sampler.rollout(torch.zeros(1, 2, STRIDE, 7))
+    bad = actions(2, batch=1)
+    bad[0, 1, 0, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sampler.rollout(bad)
+    with pytest.raises(ValueError, match="steps"):
+        StreamingSampler(model, SamplerConfig(steps=3, window=2), 1)
+    with pytest.raises(ValueError, match="max_offset"):
+        StreamingSampler(model, SamplerConfig(recent_frames=12, window=4), 1)

@@ -1,0 +1,111 @@
+"""Pose-indexed memory: every clean frame of a rollout is stored with the robot pose it was seen at;
+before generating a frame, the k stored frames nearest to the pose the robot is about to be at are
+retrieved and join the attention context. This is what lets the model redraw a place it saw long ago
+when the arm comes back to it.
+
+Distance between poses a and b (each the `pose_indices` components of the state):
+
+    d(a, b)^2 = sum_i w_i (a_i - b_i)^2  +  w_rot * (1 - <q_a, q_b>^2)   (the second term only when
+                                                                          quaternion_indices are given)
+
+with `pose_weights` w_i (default 1 for every component). For MetaWorld the pose is hand xyz + gripper
+opening, all with weight 1 (the gripper's range, 0-1, is a few times the hand's workspace in metres,
+so open/closed views are kept apart).
+
+The memory is batched over B independent rollouts and bounded: each holds at most `capacity` frames.
+When full, a new frame replaces the stored frame nearest to it in pose (a revisit refreshes that
+place's appearance; distinct places are kept), so coverage of the workspace is preserved. Storing and
+retrieving are vectorised over rollouts and slots: the cost does not grow with rollout length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MemoryConfig:
+    capacity: int = 64  # frames kept per rollout
+    k: int = 2  # frames retrieved for each generated frame (0 disables memory)
+    pose_weights: list[float] | None = None  # per pose component; None = all 1
+    quaternion_indices: list[int] | None = None  # positions *within the pose* of a (w, x, y, z) quaternion
+    rotation_weight: float = 1.0
+
+
+class PoseMemory:
+    """Stores (latents, state, pose, step) per rollout; `retrieve(query_pose, k, exclude_after)`."""
+
+    def __init__(self, config: MemoryConfig, batch_size: int, latent_shape: tuple[int, ...], state_dim: int,
+                 pose_dim: int, device, dtype=torch.float32):
+        self.config = config
+        B, C = batch_size, config.capacity
+        self.latents = torch.zeros(B, C, *latent_shape, device=device, dtype=dtype)
+        self.state = torch.zeros(B, C, state_dim, device=device, dtype=dtype)
+        self.pose = torch.zeros(B, C, pose_dim, device=device, dtype=dtype)
+        self.step = torch.full((B, C), -1, dtype=torch.long, device=device)
+        self.valid = torch.zeros(B, C, dtype=torch.bool, device=device)
+        weights = config.pose_weights or [1.0] * pose_dim
+        if len(weights) != pose_dim:
+            raise ValueError(f"pose_weights: expected {pose_dim} weights, got {len(weights)}")
+        self.weights = torch.tensor(weights, device=device, dtype=dtype)
+        if config.quaternion_indices is not None and len(config.quaternion_indices) != 4:
+            raise ValueError(f"quaternion_indices: expected 4 indices, got {config.quaternion_indices}")
+
+    @property
+    def size(self) -> torch.Tensor:
+        return self.valid.sum(dim=1)
+
+    def distance(self, query: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+        """query (B, P), stored (B, C, P) -> squared distance (B, C)."""
+        diff = stored - query[:, None]
+        quat = self.config.quaternion_indices
+        if quat is None:
+            return (self.weights * diff.pow(2)).sum(-1)
+        linear = [i for i in range(query.shape[-1]) if i not in quat]
+        d = (self.weights[linear] * diff[..., linear].pow(2)).sum(-1)
+        dot = (stored[..., quat] * query[:, None, quat]).sum(-1)
+        return d + self.config.rotation_weight * (1 - dot.pow(2))
+
+    def clear(self, rollouts: torch.Tensor | None = None) -> None:
+        """Forget everything of the rollouts where `rollouts` (B,) is True (all if None)."""
+        rows = torch.ones_like(self.valid[:, 0]) if rollouts is None else rollouts
+        self.valid[rows] = False
+        self.step[rows] = -1
+
+    def store(self, latents: torch.Tensor, state: torch.Tensor, pose: torch.Tensor, step: torch.Tensor,
+              active: torch.Tensor | None = None) -> None:
+        """Add one frame per rollout: latents (B, ...), state (B, S), pose (B, P), step (B,).
+        `active` (B,) bool: rollouts that store this time (default all)."""
+        B = latents.shape[0]
+        rows = torch.arange(B, device=latents.device)
+        # Free slot if any; otherwise the slot nearest in pose to the new frame.
+        free = (~self.valid).float()
+        has_free = self.valid.logical_not().any(dim=1)
+        nearest = self.distance(pose, self.pose).masked_fill(~self.valid, float("inf")).argmin(dim=1)
+        slot = torch.where(has_free, free.argmax(dim=1), nearest)
+        if active is not None:
+            rows, slot = rows[active], slot[active]
+            latents, state, pose, step = latents[active], state[active], pose[active], step[active]
+        self.latents[rows, slot] = latents.to(self.latents.dtype)
+        self.state[rows, slot] = state.to(self.state.dtype)
+        self.pose[rows, slot] = pose.to(self.pose.dtype)
+        self.step[rows, slot] = step
+        self.valid[rows, slot] = True
+
+    def retrieve(self, query_pose: torch.Tensor, k: int, exclude_after: torch.Tensor | None = None):
+        """The k stored frames nearest to `query_pose` (B, P), skipping frames with step > exclude_after
+        (B,) (those still in the recent window). Returns a dict of latents (B, k, ...), state (B, k, S),
+        pose (B, k, P), step (B, k), valid (B, k) (False where fewer than k frames qualify), distance (B, k)."""
+        eligible = self.valid.clone()
+        if exclude_after is not None:
+            eligible &= self.step <= exclude_after[:, None]
+        d = self.distance(query_pose, self.pose).masked_fill(~eligible, float("inf"))
+        k = min(k, self.config.capacity)
+        dist, slot = d.topk(k, dim=1, largest=False)  # (B, k), nearest first
+        rows = torch.arange(d.shape[0], device=d.device)[:, None]
+        return {
+            "latents": self.latents[rows, slot], "state": self.state[rows, slot], "pose": self.pose[rows, slot],
+            "step": self.step[rows, slot], "valid": torch.isfinite(dist), "distance": dist,
+        }
