@@ -33,3 +33,23 @@ def tiny_dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets") / "tiny"
     record(tiny_record_config(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_world_model_dir(tmp_path_factory):
+    """A small random VideoDiT shaped like the tiny recording (corner + gripperPOV, 32 px, stride 4)."""
+    import torch
+
+    from worldmodel.model import build_config, make_model
+
+    torch.manual_seed(0)
+    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2), num_views=2, latent_size=32,
+                       image_size=32, frame_stride=4, codec={"type": "pixel", "image_size": 32},
+                       camera_keys=[f"observation.images.{c}" for c in TINY_CAMERAS])
+    model = make_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path_factory.mktemp("models") / "tiny_world"
+    model.save_pretrained(path)
+    return path

@@ -52,3 +52,21 @@ def test_autoencoder_tiny_codec(tmp_path):
     latents = codec.encode(torch.rand(1, 2, 3, 32, 32) * 2 - 1)
     assert latents.shape == (1, 2, 4, 32 // codec.downsample, 32 // codec.downsample)
     assert codec.decode(latents).shape == (1, 2, 3, 32, 32)
+
+
+def test_latents_precomputed_into_the_dataset_cache(tmp_path, tiny_dataset_root, monkeypatch):
+    from worldmodel.dataset import ClipDataset, DatasetConfig
+
+    tiny_autoencoder_kl().save_pretrained(tmp_path / "vae")
+    codec = DiffusersAutoencoderCodec.from_pretrained(str(tmp_path / "vae"), image_size=32)
+    clips = ClipDataset(DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny",
+                                      camera_keys=["corner", "gripperPOV"], image_size=32, frame_stride=3,
+                                      clip_frames=4, memory_frames=2))
+    path = clips.attach_latents(codec, batch_size=16)
+    item = clips[50]
+    assert item["latents"].shape == (4, 2, 4, 8, 8) and item["memory_latents"].shape == (2, 2, 4, 8, 8)
+    torch.testing.assert_close(item["latents"], codec.encode(item["images"]), atol=2e-2, rtol=2e-2)  # fp16
+    # A second dataset with the same codec reuses the file instead of encoding again.
+    again = ClipDataset(clips.cfg)
+    monkeypatch.setattr(codec, "encode", lambda x: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    assert again.attach_latents(codec) == path

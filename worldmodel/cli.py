@@ -30,7 +30,15 @@ def _train(argv: list[str]) -> None:
     main(argv)
 
 
+def _judge(argv: list[str]) -> None:
+    """Train the success judge on a dataset's success flags and report held-out accuracy."""
+    from worldmodel.judge import main
+
+    main(argv)
+
+
 SUBCOMMANDS = {
+    "judge": _judge,
     "train": _train,
     "dataset": _dataset,
 }

@@ -201,6 +201,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
         episodes = sorted(cfg.episodes) if cfg.episodes is not None else list(range(meta.total_episodes))
         self.cache = self._load_or_build_cache(episodes)
+        self.latents = None  # see attach_latents
 
         # A clip starting at row s spans rows s, s + stride, ..., s + (T - 1) * stride.
         span = (cfg.clip_frames - 1) * cfg.frame_stride
@@ -211,6 +212,28 @@ class ClipDataset(torch.utils.data.Dataset):
                 f"least {span + 1} steps; the longest here has {int(self.cache.episode_length.max())}"
             )
         self._cumulative = np.cumsum(self._starts_per_episode)
+
+    def attach_latents(self, codec, batch_size: int = 64, device="cpu") -> Path:
+        """Encode every cached frame with `codec` once (float16, memory-mapped, beside the decoded cache,
+        keyed by the codec's description) so training reads latents instead of running the encoder.
+        Afterwards samples also hold `latents` (T, V, c, h, w) (and `memory_latents`)."""
+        key = hashlib.sha256(json.dumps(codec.description(), sort_keys=True).encode()).hexdigest()[:16]
+        path = self.cache_directory / f"latents_{key}.npy"
+        if not path.exists():
+            images = self.cache.images
+            N, V = images.shape[:2]
+            shape = (codec.latent_channels, codec.latent_size, codec.latent_size)
+            tmp = path.with_name(path.name + ".tmp.npy")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(N, V, *shape))
+            for lo in tqdm(range(0, N, batch_size), desc="encoding latents into the training cache", unit="batch"):
+                x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + batch_size])).to(device)
+                x = x.permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)
+                out[lo:lo + len(x)] = codec.encode(x).cpu().numpy().astype(np.float16)
+            out.flush()
+            del out
+            os.replace(tmp, path)  # atomic: a half-encoded file is never mistaken for a finished one
+        self.latents = np.load(path, mmap_mode="r")
+        return path
 
     def _fingerprint(self, episodes: list[int]) -> str:
         ds = self.lerobot_dataset
@@ -270,6 +293,8 @@ class ClipDataset(torch.utils.data.Dataset):
             "step_index": torch.from_numpy(steps),
             "episode_index": torch.tensor(int(cache.episode_index[episode])),
         }
+        if self.latents is not None:
+            sample["latents"] = torch.from_numpy(self.latents[start + steps].astype(np.float32))
         if cfg.memory_frames > 0:
             sample.update(self.memory_for(start, first_step, state, seed=start + first_step))
         return sample
@@ -294,7 +319,11 @@ class ClipDataset(torch.utils.data.Dataset):
             steps[1:1 + len(chosen)] = chosen
             valid[1:1 + len(chosen)] = True
         images = torch.from_numpy(np.ascontiguousarray(cache.images[start + steps]))
+        memory = {}
+        if self.latents is not None:
+            memory["memory_latents"] = torch.from_numpy(self.latents[start + steps].astype(np.float32))
         return {
+            **memory,
             "memory_images": images.permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0),
             "memory_state": torch.from_numpy(cache.states[start + steps]),
             "memory_offset": torch.from_numpy((steps - first_step) / cfg.frame_stride).float(),

@@ -49,6 +49,8 @@ class CodecSpec:
     # A diffusers autoencoder folder (AutoencoderKL, AutoencoderTiny, ...); None: diffuse raw pixels.
     autoencoder: str | None = None
     subfolder: str | None = None
+    # Encode every frame once into the dataset cache (autoencoder codecs only) instead of every step.
+    precompute_latents: bool = True
 
 
 @dataclass
@@ -189,6 +191,10 @@ def train(cfg: TrainConfig) -> Path:
         train_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": train_episodes}))
         val_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": val_episodes})) if val_episodes else None
     codec = make_codec(cfg).to(accelerator.device)
+    if cfg.codec.autoencoder is not None and cfg.codec.precompute_latents:
+        with accelerator.main_process_first():
+            for clips in filter(None, (train_clips, val_clips)):
+                clips.attach_latents(codec, device=accelerator.device)
     model_config = model_config_for(cfg, train_clips, codec)
     model = make_model(model_config)
     resolved = {"train": asdict(cfg), "model": asdict(model_config),
@@ -286,11 +292,12 @@ def train(cfg: TrainConfig) -> Path:
     while step < loop.steps:
         batch = next(data)
         with accelerator.autocast():
-            latents = codec.encode(batch["images"])
+            latents = batch["latents"] if "latents" in batch else codec.encode(batch["images"])
             state = unwrapped.normalize_state(batch["state"])
             memory = None
             if "memory_images" in batch:
-                memory = {"latents": codec.encode(batch["memory_images"]),
+                memory = {"latents": batch["memory_latents"] if "memory_latents" in batch
+                          else codec.encode(batch["memory_images"]),
                           "state": unwrapped.normalize_state(batch["memory_state"]),
                           "frame_pos": batch["memory_offset"].clamp(min=-unwrapped.cfg.max_offset),
                           "valid": batch["memory_valid"]}

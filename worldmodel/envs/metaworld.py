@@ -26,6 +26,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from worldmodel.envs.spaces import action_space, observation_space
+
 STATE_DIM = 39
 POSE_SLICE = slice(0, 4)  # hand xyz + gripper opening
 STATE_NAMES = (
@@ -91,9 +93,11 @@ class MetaWorldMultiViewEnv(gym.Env):
         self.model.vis.quality.offsamples = 0
         self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, cfg.image_size)
         self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, cfg.image_size)
-        self._renderer = mujoco.Renderer(self.model, cfg.image_size, cfg.image_size)
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        self._renderer = None  # no cameras (state-only evaluation): nothing to render
+        if cfg.cameras:
+            self._renderer = mujoco.Renderer(self.model, cfg.image_size, cfg.image_size)
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
 
         # MetaWorld's corner cameras are rolled 180 degrees (their image-up axis points at the floor).
         # Rolling the image back is the same as rolling the camera about its optical axis, which the
@@ -101,13 +105,9 @@ class MetaWorldMultiViewEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
         self._rolled = [bool(self.data.cam_xmat[i].reshape(3, 3)[2, 1] < 0) for i in self._camera_ids]
 
-        size = cfg.image_size
-        spaces = {
-            f"observation.images.{cam}": gym.spaces.Box(0, 255, (size, size, 3), np.uint8) for cam in cfg.cameras
-        }
-        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)
-        self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.observation_space = observation_space([f"observation.images.{c}" for c in cfg.cameras],
+                                                   cfg.image_size, STATE_DIM)
+        self.action_space = action_space(len(ACTION_NAMES))
         self._steps = 0
 
     # -- gymnasium API -------------------------------------------------------------------------

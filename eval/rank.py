@@ -1,0 +1,290 @@
+"""Rank policies inside the world model and check the ranking against the real simulator.
+
+    python -m eval.rank --model=outputs/train/tiny_cpu/model --judge=outputs/judge/metaworld_push
+
+For each policy of the MetaWorld family (policies/metaworld.py): `episodes` real episodes in the
+simulator and `episodes` imagined ones from the same initial observations (same env seeds), all
+policies' imagined rollouts batched together. Success in imagination is the judge's verdict on the
+last frames; the judge is also run on the real episodes' last frames (its accuracy on real episodes).
+
+Writes
+    <results_dir>/rank_<run>.json, .md   policies (real vs imagined success), Pearson, Spearman, MMRV
+                                         with bootstrap intervals, judge accuracy, model/judge/sampler
+    <output_dir>/report.html             scatter plot, table, side-by-side real | imagined videos
+    <output_dir>/eval_info.json          lerobot-eval's multi-task shape, one group per policy (imagined)
+    <output_dir>/episodes.jsonl          every finished (policy, episode): `--resume=true` skips them
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from policies.metaworld import FAMILY, make_family
+from worldmodel.envs.imagined import ImaginedVectorEnv
+from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
+from worldmodel.judge import StateDistanceJudge, SuccessJudge
+from worldmodel.metrics import bootstrap_ranking_metrics
+from worldmodel.model import VideoDiT
+from worldmodel.sampler import SamplerConfig
+from worldmodel.world import WorldModel
+
+
+@dataclass
+class RankConfig:
+    model: str = "outputs/train/tiny_cpu/model"
+    judge: str | None = "outputs/judge/metaworld_push"  # a SuccessJudge folder; None: the state rule
+    task: str = "push-v3"
+    policies: list[str] | None = None  # names from policies.metaworld.FAMILY; None: all
+    episodes: int = 20
+    max_episode_steps: int = 120
+    seed: int = 1000  # episode e of every policy starts from env seed `seed + e`
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    batch_size: int = 64  # imagined rollouts per WorldModel batch (pairs of all policies mixed)
+    videos_per_policy: int = 2
+    n_boot: int = 1000
+    run: str = "cpu"
+    output_dir: str = "outputs/rank"
+    results_dir: str = "eval/results"
+    resume: bool = False
+    device: str | None = None
+
+
+def camera_names(model: VideoDiT) -> list[str]:
+    return [k.removeprefix("observation.images.") for k in model.cfg.camera_keys]
+
+
+def load_judge(cfg: RankConfig):
+    if cfg.judge is None:
+        return StateDistanceJudge(), "state rule: |object - goal| < 5 cm"
+    judge = SuccessJudge.from_pretrained(cfg.judge).eval()
+    return judge.probability, f"SuccessJudge {cfg.judge}"
+
+
+def judge_frames(observations: list[dict], keys: list[str], k: int):
+    """The last k observations -> (1, k, V, 3, H, W) uint8 and (1, k, S)."""
+    last = observations[-k:]
+    frames = torch.stack([torch.stack([torch.as_tensor(o[key]) for key in keys]) for o in last])
+    states = torch.stack([torch.as_tensor(o["observation.state"]) for o in last])
+    return frames.permute(0, 1, 4, 2, 3)[None], states[None]
+
+
+def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool):
+    """One real episode; observations kept every `stride` steps (what the world model would draw)."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset(seed=seed)
+    initial, kept, info = obs, [obs], {"is_success": False}
+    reward_sum, reward_max = 0.0, -np.inf
+    for t in range(steps):
+        obs, reward, _, _, info = env.step(policy.select_action(obs)[0])
+        reward_sum, reward_max = reward_sum + reward, max(reward_max, reward)
+        if (t + 1) % stride == 0:
+            kept.append(obs)
+    return initial, kept if keep_frames else kept[-2:], bool(info["is_success"]), reward_sum, reward_max
+
+
+def side_by_side_gif(real: list[dict], imagined: list[dict], keys: list[str]) -> str:
+    """Animated GIF (base64) with every view: real on top, imagined below."""
+    from PIL import Image
+
+    frames = []
+    for r, i in zip(real, imagined):
+        top = np.concatenate([r[k] for k in keys], axis=1)
+        bottom = np.concatenate([i[k] for k in keys], axis=1)
+        frames.append(Image.fromarray(np.concatenate([top, bottom], axis=0)).resize(
+            (top.shape[1] * 2, top.shape[0] * 4), Image.NEAREST))
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def scatter_svg(rows: list[dict], size: int = 360) -> str:
+    pad = 40
+    inner = size - 2 * pad
+    parts = [f'<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+             f'<rect x="{pad}" y="{pad}" width="{inner}" height="{inner}" fill="none" stroke="#888"/>',
+             f'<line x1="{pad}" y1="{pad + inner}" x2="{pad + inner}" y2="{pad}" stroke="#ccc" stroke-dasharray="4"/>',
+             f'<text x="{size / 2}" y="{size - 8}" text-anchor="middle">real success</text>',
+             f'<text x="12" y="{size / 2}" transform="rotate(-90 12 {size / 2})" text-anchor="middle">imagined success</text>']
+    for r in rows:
+        x = pad + r["real_success"] * inner
+        y = pad + (1 - r["imagined_success"]) * inner
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="#c0392b"><title>{r["name"]}</title></circle>')
+        parts.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}">{r["name"]}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def rank(cfg: RankConfig) -> dict:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    episodes_file = out / "episodes.jsonl"
+    if not cfg.resume and episodes_file.exists():
+        episodes_file.unlink()
+    done = {}
+    if episodes_file.exists():
+        for line in episodes_file.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["policy"], r["episode"])] = r
+
+    model = VideoDiT.from_pretrained(cfg.model)
+    keys, stride = list(model.cfg.camera_keys), model.cfg.frame_stride
+    judge, judge_name = load_judge(cfg)
+    judge_k = 2
+    names = cfg.policies or list(FAMILY)
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=camera_names(model),
+                                                image_size=model.cfg.image_size,
+                                                max_episode_steps=cfg.max_episode_steps))
+    pairs = [(p, e) for p in names for e in range(cfg.episodes) if (p, e) not in done]
+    videos: dict[tuple[str, int], list] = {}
+
+    # 1. Real episodes (and the initial observations imagination starts from).
+    real = {}
+    for name, e in tqdm(pairs, desc="real episodes", unit="episode"):
+        policy = make_family(cfg.task, names=[name])[0]
+        initial, kept, success, rsum, rmax = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
+                                                          keep_frames=e < cfg.videos_per_policy)
+        frames, states = judge_frames(kept, keys, judge_k)
+        real[(name, e)] = {"initial": initial, "success": success, "reward_sum": rsum, "reward_max": rmax,
+                           "judge_on_real": bool(torch.as_tensor(judge(frames, states, cfg.task))[0] >= 0.5)}
+        if e < cfg.videos_per_policy:
+            videos[(name, e)] = [kept]
+    env.close()
+
+    # 2. Imagined episodes: all pending (policy, episode) pairs, batched across policies.
+    for lo in tqdm(range(0, len(pairs), cfg.batch_size), desc="imagined batches", unit="batch"):
+        batch = pairs[lo:lo + cfg.batch_size]
+        B = len(batch)
+        world = WorldModel(model, cfg.sampler, batch_size=B, device=cfg.device, seed=cfg.seed + lo)
+        imagined_env = ImaginedVectorEnv(world, judge, cfg.max_episode_steps, task=cfg.task, judge_frames=judge_k)
+        initial = {k: np.stack([real[p]["initial"][k] for p in batch]) for k in keys + ["observation.state"]}
+        obs, _ = imagined_env.reset(options={"observations": initial})
+        groups = {}  # policy name -> (policy instance, rows)
+        for row, (name, e) in enumerate(batch):
+            groups.setdefault(name, []).append(row)
+        policies = {name: make_family(cfg.task, names=[name])[0] for name in groups}
+        for name, policy in policies.items():
+            policy.reset(seed=cfg.seed + lo)
+        recorded = {pair: [{k: obs[k][row] for k in obs}] for row, pair in enumerate(batch) if pair in videos}
+        rewards = np.zeros(B)
+        for t in range(cfg.max_episode_steps):
+            actions = np.zeros((B, model.cfg.action_dim), np.float32)
+            for name, rows in groups.items():
+                actions[rows] = policies[name].select_action({k: v[rows] for k, v in obs.items()})
+            obs, reward, _, truncated, info = imagined_env.step(actions)
+            rewards += reward
+            if (t + 1) % stride == 0:
+                for row, pair in enumerate(batch):
+                    if pair in recorded:
+                        recorded[pair].append({k: obs[k][row] for k in obs})
+        with open(episodes_file, "a") as f:
+            for row, (name, e) in enumerate(batch):
+                r = real[(name, e)]
+                record = {"policy": name, "episode": e, "seed": cfg.seed + e, "real_success": r["success"],
+                          "imagined_success": bool(info["is_success"][row]),
+                          "imagined_success_probability": float(info["success_probability"][row]),
+                          "judge_on_real": r["judge_on_real"], "real_reward_sum": r["reward_sum"],
+                          "imagined_reward_sum": float(rewards[row])}
+                f.write(json.dumps(record) + "\n")
+                done[(name, e)] = record
+                if (name, e) in recorded:
+                    videos[(name, e)].append(recorded[(name, e)])
+
+    # 3. Results.
+    rows = []
+    for name in names:
+        records = [done[(name, e)] for e in range(cfg.episodes)]
+        rows.append({"name": name, "n_episodes": len(records),
+                     "real_success": float(np.mean([r["real_success"] for r in records])),
+                     "imagined_success": float(np.mean([r["imagined_success"] for r in records])),
+                     "judge_agreement": float(np.mean([r["judge_on_real"] == r["real_success"] for r in records]))})
+    metrics = bootstrap_ranking_metrics(
+        [[done[(n, e)]["real_success"] for e in range(cfg.episodes)] for n in names],
+        [[done[(n, e)]["imagined_success"] for e in range(cfg.episodes)] for n in names], n_boot=cfg.n_boot)
+    all_records = [done[(n, e)] for n in names for e in range(cfg.episodes)]
+    result = {
+        "run": cfg.run, "policies": rows,
+        "pearson": metrics["pearson"], "spearman": metrics["spearman"], "mmrv": metrics["mmrv"],
+        "judge_accuracy": float(np.mean([r["judge_on_real"] == r["real_success"] for r in all_records])),
+        "model": {"path": cfg.model, "preset": model.cfg.preset, "image_size": model.cfg.image_size,
+                  "camera_keys": keys, "frame_stride": stride},
+        "judge": judge_name, "sampler": asdict(cfg.sampler), "episodes_per_policy": cfg.episodes,
+        "max_episode_steps": cfg.max_episode_steps, "seed": cfg.seed, "seconds": time.time() - started,
+        "command": "python -m eval.rank " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items()
+                                                     if k not in ("sampler",) and v is not None),
+    }
+    results_dir = Path(cfg.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"rank_{cfg.run}.json").write_text(json.dumps(result, indent=2))
+    fmt = lambda m: f"{m['value']:.3f} [{m['interval'][0]:.3f}, {m['interval'][1]:.3f}]" if m["interval"] else f"{m['value']}"
+    table = ["| policy | real success | imagined success | judge agreement (real) |", "| --- | ---: | ---: | ---: |"]
+    table += [f"| {r['name']} | {r['real_success']:.2f} | {r['imagined_success']:.2f} | {r['judge_agreement']:.2f} |"
+              for r in rows]
+    summary = [f"Pearson r {fmt(metrics['pearson'])}, Spearman rho {fmt(metrics['spearman'])}, "
+               f"MMRV {fmt(metrics['mmrv'])} (95% bootstrap intervals over episodes); judge accuracy on real "
+               f"episodes {result['judge_accuracy']:.2f}. {cfg.episodes} episodes per policy."]
+    (results_dir / f"rank_{cfg.run}.md").write_text(
+        f"# Policy ranking in imagination: {cfg.run}\n\nModel `{cfg.model}`, judge: {judge_name}.\n\n"
+        + "\n".join(table) + "\n\n" + summary[0] + "\n")
+    print("\n".join(table) + "\n" + summary[0])
+
+    # lerobot-eval's multi-task shape, one group per policy (imagined episodes).
+    per_task, per_group = [], {}
+    for name in names:
+        records = [done[(name, e)] for e in range(cfg.episodes)]
+        per_episode = [{"episode_ix": r["episode"], "sum_reward": r["imagined_reward_sum"],
+                        "max_reward": float(r["imagined_success"]), "success": r["imagined_success"],
+                        "seed": r["seed"]} for r in records]
+        aggregated = {"avg_sum_reward": float(np.mean([p["sum_reward"] for p in per_episode])),
+                      "avg_max_reward": float(np.mean([p["max_reward"] for p in per_episode])),
+                      "pc_success": 100 * float(np.mean([p["success"] for p in per_episode])),
+                      "n_episodes": len(per_episode), "video_paths": []}
+        per_task.append({"task_group": name, "task_id": 0, "metrics": {"per_episode": per_episode,
+                                                                        "aggregated": aggregated}})
+        per_group[name] = aggregated
+    overall = {"avg_sum_reward": float(np.mean([g["avg_sum_reward"] for g in per_group.values()])),
+               "avg_max_reward": float(np.mean([g["avg_max_reward"] for g in per_group.values()])),
+               "pc_success": float(np.mean([g["pc_success"] for g in per_group.values()])),
+               "n_episodes": len(all_records), "eval_s": result["seconds"],
+               "eval_ep_s": result["seconds"] / max(1, len(all_records)), "video_paths": []}
+    (out / "eval_info.json").write_text(json.dumps({"per_task": per_task, "per_group": per_group,
+                                                    "overall": overall}, indent=2))
+
+    # HTML report.
+    clips = []
+    for (name, e), (real_frames, *imagined) in sorted(videos.items()):
+        if imagined:
+            gif = side_by_side_gif(real_frames, imagined[0], keys)
+            r = done[(name, e)]
+            clips.append(f'<figure><img src="data:image/gif;base64,{gif}"/><figcaption>{name}, episode {e}: '
+                         f'real {"success" if r["real_success"] else "failure"}, imagined '
+                         f'{"success" if r["imagined_success"] else "failure"} (top real, bottom imagined)'
+                         f'</figcaption></figure>')
+    html_table = "".join(f"<tr><td>{r['name']}</td><td>{r['real_success']:.2f}</td><td>{r['imagined_success']:.2f}"
+                         f"</td><td>{r['judge_agreement']:.2f}</td></tr>" for r in rows)
+    (out / "report.html").write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>worldmodel ranking
+{cfg.run}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}
+figure{{display:inline-block;margin:8px}}</style></head><body>
+<h1>Policy ranking in imagination ({cfg.run})</h1><p>Model <code>{cfg.model}</code>; judge: {judge_name};
+{cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p><p>{summary[0]}</p>
+{scatter_svg(rows)}<table><tr><th>policy</th><th>real</th><th>imagined</th><th>judge agreement</th></tr>{html_table}
+</table><h2>Real vs imagined</h2>{''.join(clips)}</body></html>""")
+    return result
+
+
+def main() -> None:
+    import draccus
+
+    rank(draccus.parse(RankConfig))
+
+
+if __name__ == "__main__":
+    main()

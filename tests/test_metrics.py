@@ -1,0 +1,59 @@
+"""Ranking metrics against hand-computed values (including SIMPLER's argument-order trap), and frame metrics."""
+
+import math
+
+import pytest
+import torch
+
+from worldmodel.metrics import bootstrap_ranking_metrics, mmrv, pearson, psnr, spearman, ssim
+
+
+def test_mmrv_by_hand_and_the_argument_order_trap():
+    real, imagined = [0.1, 0.5, 0.9], [0.2, 0.6, 0.4]
+    # Only policies 1 and 2 are swapped; their *real* gap is 0.4 and it is the worst violation of both.
+    assert mmrv(real=real, imagined=imagined) == pytest.approx((0 + 0.4 + 0.4) / 3)
+    # With the roles swapped the weight would be the imagined gap 0.2: a different, wrong number.
+    assert mmrv(real=imagined, imagined=real) == pytest.approx((0 + 0.2 + 0.2) / 3)
+    assert mmrv(real=[0.0, 0.5, 1.0], imagined=[0.1, 0.2, 0.3]) == 0.0  # same order, any scale
+    assert mmrv(real=[0.0, 0.5, 1.0], imagined=[1.0, 0.5, 0.0]) == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+    # An imagined tie between really different policies counts once: for the really worse policy, the
+    # tie fails to put it below the better one (0.6); the better one is "not below" in both (0).
+    assert mmrv(real=[0.2, 0.8], imagined=[0.5, 0.5]) == pytest.approx((0.6 + 0.0) / 2)
+    with pytest.raises(ValueError, match="real/imagined"):
+        mmrv(real=[0.1, 0.2], imagined=[0.1])
+
+
+def test_pearson_and_spearman_by_hand():
+    x, y = [1.0, 2.0, 3.0], [2.0, 4.0, 7.0]
+    mx, my = 2.0, 13 / 3
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    expected = cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+    assert pearson(x, y) == pytest.approx(expected)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(pearson([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]))  # undefined, not a fake number
+
+
+def test_bootstrap_intervals_cover_the_point_and_are_reproducible():
+    real = [[0] * 18 + [1] * 2, [0] * 10 + [1] * 10, [0] * 2 + [1] * 18]
+    imagined = [[0] * 16 + [1] * 4, [0] * 11 + [1] * 9, [0] * 3 + [1] * 17]
+    a = bootstrap_ranking_metrics(real, imagined, n_boot=300, seed=1)
+    b = bootstrap_ranking_metrics(real, imagined, n_boot=300, seed=1)
+    assert a == b
+    assert a["spearman"]["value"] == pytest.approx(1.0) and a["mmrv"]["value"] == 0.0
+    for k in ("pearson", "spearman", "mmrv"):
+        low, high = a[k]["interval"]
+        assert low <= a[k]["value"] + 1e-9 and a[k]["value"] <= high + 1e-9
+
+
+def test_psnr_and_ssim():
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 3, 32, 32) * 2 - 1
+    assert (psnr(img, img) > 100).all()
+    shifted = (img + 0.1).clamp(-1, 1)
+    mse = (shifted - img).pow(2).mean(dim=(-3, -2, -1))
+    torch.testing.assert_close(psnr(shifted, img), 10 * torch.log10(4 / mse))
+    assert ssim(img, img).shape == (2, 3)
+    torch.testing.assert_close(ssim(img, img), torch.ones(2, 3))
+    noisy = (img + 0.3 * torch.randn_like(img)).clamp(-1, 1)
+    assert (ssim(noisy, img) < 0.9).all() and (ssim(noisy, img) > ssim(torch.rand_like(img) * 2 - 1, img)).all()

@@ -1,0 +1,89 @@
+"""Policies: the degraded-expert family and the LeRobot adapter, in the real and the imagined env."""
+
+import numpy as np
+import pytest
+import torch
+
+from policies.metaworld import FAMILY, Degradation, DegradedExpert, make_family
+from worldmodel.envs.imagined import make_env
+from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
+from worldmodel.policy import CallablePolicy, LeRobotPolicy
+from worldmodel.sampler import SamplerConfig
+from worldmodel.world import WorldModel
+
+
+def test_family_has_eight_or_more_distinct_policies():
+    family = make_family()
+    assert len(family) >= 8 and len({p.name for p in family}) == len(family)
+    with pytest.raises(ValueError, match="unknown"):
+        make_family(names=["expert", "nope"])
+
+
+def test_degradations_do_what_they_say():
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=[]))
+    obs, _ = env.reset(seed=0)
+    state_only = {"observation.state": np.stack([obs["observation.state"]] * 3)}  # acts on state alone
+    expert = DegradedExpert("expert", Degradation()).select_action(state_only)
+    assert expert.shape == (3, 4) and np.allclose(expert[0], expert[1])
+    late = DegradedExpert("late", Degradation(latency=2))
+    assert np.allclose(late.select_action(state_only), 0) and np.allclose(late.select_action(state_only), 0)
+    np.testing.assert_allclose(late.select_action(state_only), expert)  # the action from 2 steps ago
+    weak = DegradedExpert("weak", Degradation(action_scale=0.5)).select_action(state_only)
+    np.testing.assert_allclose(weak, expert * 0.5, atol=1e-6)
+    biased = DegradedExpert("bias", Degradation(goal_bias=[0.3, 0, 0])).select_action(state_only)
+    assert biased.shape == (3, 4)
+    noisy = DegradedExpert("noisy", Degradation(noise_std=0.5))
+    noisy.reset(seed=1)
+    a = noisy.select_action(state_only)
+    noisy.reset(seed=1)
+    np.testing.assert_array_equal(a, noisy.select_action(state_only))  # seeded
+    assert not np.allclose(a, expert)
+    env.close()
+
+
+def tiny_act_policy():
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+
+    torch.manual_seed(0)
+    cfg = ACTConfig(
+        input_features={"observation.images.corner": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+                        "observation.state": PolicyFeature(FeatureType.STATE, (39,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+        chunk_size=4, n_action_steps=4, dim_model=32, n_heads=2, dim_feedforward=64, n_encoder_layers=1,
+        n_decoder_layers=1, use_vae=False, pretrained_backbone_weights=None, device="cpu")
+    stats = {"observation.state": {"mean": torch.zeros(39), "std": torch.ones(39)},
+             "action": {"mean": torch.zeros(4), "std": torch.ones(4) * 0.5},
+             "observation.images.corner": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)}}
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
+    return LeRobotPolicy(ACTPolicy(cfg).eval(), pre, post, task="push", name="tiny_act")
+
+
+def test_lerobot_adapter_and_experts_run_in_both_envs(tiny_world_model_dir):
+    real = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=["corner", "gripperPOV"], image_size=32))
+    world = WorldModel.from_pretrained(tiny_world_model_dir, batch_size=2, device="cpu",
+                                       sampler_config=SamplerConfig(steps=2, window=2))
+    imagined = make_env(world, n_envs=2, max_episode_steps=8)
+    first = [real.reset(seed=s)[0] for s in range(2)]
+    start = {k: np.stack([o[k] for o in first]) for k in first[0]}
+    for policy in (tiny_act_policy(), make_family(names=["noise_0.5"])[0],
+                   CallablePolicy(lambda obs: np.zeros((len(obs["observation.state"]), 4)), "still")):
+        policy.reset()
+        obs, _ = real.reset(seed=0)
+        for _ in range(5):
+            batch = {k: v[None] for k, v in obs.items()}
+            action = policy.select_action(batch)
+            assert action.shape == (1, 4) and np.isfinite(action).all()
+            obs, *_ = real.step(action[0])
+        policy.reset()
+        obs, _ = imagined.reset(options={"observations": start})
+        for _ in range(8):
+            action = policy.select_action(obs)
+            assert action.shape == (2, 4) and np.isfinite(action).all()
+            obs, _, _, truncated, info = imagined.step(np.clip(action, -1, 1))
+        assert truncated.all()
+    with pytest.raises(KeyError, match="observation.images.corner"):
+        tiny_act_policy().select_action({"observation.state": np.zeros((1, 39), np.float32)})
+    real.close()

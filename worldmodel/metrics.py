@@ -1,0 +1,113 @@
+"""Metrics for judging a world model as a policy evaluator, and for the frames it draws.
+
+Ranking (policies' imagined success vs their real success):
+    pearson, spearman          scipy's correlation coefficients
+    mmrv                       SIMPLER's mean maximum rank violation (lower is better)
+    bootstrap_ranking_metrics  all three with percentile intervals, resampling episodes per policy
+
+Frames (imagined vs real, same initial state and actions): psnr, ssim (per image, any leading dims).
+
+MMRV (Li et al., "Evaluating Real-World Robot Manipulation Policies in Simulation", 2024):
+    RankViolation(i, j) = |R_i - R_j| * 1[(S_i < S_j) != (R_i < R_j)]
+    MMRV = mean_i max_j RankViolation(i, j)
+with R the *real* and S the simulated (here: imagined) success rates. The weight is the real gap: a
+swap of two policies that are really far apart is a bad ranking error, a swap of two really similar
+policies is not. Passing the arguments the other way round (weights from the imagined rates) is the
+classic mistake; `mmrv(real=..., imagined=...)` takes keywords to make it hard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+
+def pearson(real, imagined) -> float:
+    real, imagined = np.asarray(real, float), np.asarray(imagined, float)
+    if real.std() == 0 or imagined.std() == 0:
+        return float("nan")  # undefined for a constant input
+    return float(stats.pearsonr(real, imagined).statistic)
+
+
+def spearman(real, imagined) -> float:
+    real, imagined = np.asarray(real, float), np.asarray(imagined, float)
+    if np.ptp(real) == 0 or np.ptp(imagined) == 0:
+        return float("nan")
+    return float(stats.spearmanr(real, imagined).statistic)
+
+
+def mmrv(*, real, imagined) -> float:
+    """Mean maximum rank violation; weights are gaps in the *real* success rates."""
+    real, imagined = np.asarray(real, float), np.asarray(imagined, float)
+    if real.shape != imagined.shape or real.ndim != 1:
+        raise ValueError(f"real/imagined: expected two equal-length vectors, got {real.shape} and {imagined.shape}")
+    disagree = (imagined[:, None] < imagined[None, :]) != (real[:, None] < real[None, :])
+    violation = np.abs(real[:, None] - real[None, :]) * disagree
+    return float(violation.max(axis=1).mean())
+
+
+def ranking_metrics(real, imagined) -> dict:
+    return {"pearson": pearson(real, imagined), "spearman": spearman(real, imagined),
+            "mmrv": mmrv(real=real, imagined=imagined)}
+
+
+def bootstrap_ranking_metrics(real_outcomes: list, imagined_outcomes: list, n_boot: int = 1000,
+                              confidence: float = 0.95, seed: int = 0) -> dict:
+    """real_outcomes[i], imagined_outcomes[i]: 0/1 successes of policy i's episodes. Episodes are
+    resampled with replacement within each policy (real and imagined independently) and the metrics
+    recomputed; returns the point values and [low, high] percentile intervals."""
+    rng = np.random.default_rng(seed)
+    real = [np.asarray(r, float) for r in real_outcomes]
+    imagined = [np.asarray(s, float) for s in imagined_outcomes]
+    point = ranking_metrics([r.mean() for r in real], [s.mean() for s in imagined])
+    samples = {k: [] for k in point}
+    for _ in range(n_boot):
+        r = [x[rng.integers(len(x), size=len(x))].mean() for x in real]
+        s = [x[rng.integers(len(x), size=len(x))].mean() for x in imagined]
+        for k, v in ranking_metrics(r, s).items():
+            samples[k].append(v)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for k, v in point.items():
+        values = np.asarray(samples[k])
+        values = values[np.isfinite(values)]
+        interval = [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))] if len(values) else None
+        out[k] = {"value": v, "interval": interval}
+    return out
+
+
+# -- frames ------------------------------------------------------------------------------------------
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """PSNR in dB per image; images (..., C, H, W) in [-1, 1] (data_range 2) or [0, 1] (data_range 1)."""
+    mse = (pred.float() - target.float()).pow(2).mean(dim=(-3, -2, -1))
+    return 10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-12))
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004, Gaussian 11x11 window, sigma 1.5) per image; (..., C, H, W)."""
+    lead, (C, H, W) = pred.shape[:-3], pred.shape[-3:]
+    x = pred.float().reshape(-1, C, H, W)
+    y = target.float().reshape(-1, C, H, W)
+    size = min(window, H, W)
+    kernel = _gaussian_window(size, sigma, C, x.device)
+
+    def blur(t):
+        return F.conv2d(t, kernel, groups=C)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.mean(dim=(-3, -2, -1)).reshape(lead)
