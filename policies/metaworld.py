@@ -6,7 +6,8 @@ so the same policy runs in the real and in the imagined env), degraded in one do
     noise_std     Gaussian noise added to every action
     latency       actions computed from the observation `latency` steps ago
     goal_bias     the expert aims this many metres off the true goal (success needs < 5 cm)
-    action_scale  a weak arm: actions scaled down (slow, may not arrive in time)
+    action_scale  a weak arm: actions scaled down (slow; on push even 0.35 never arrives in 120 steps,
+                  so the family below does not use it)
     random_prob   with this probability an action is replaced by a uniformly random one
 
 Policies take batched observations ({key: (B, ...)}) and return (B, 4) actions, following
@@ -64,16 +65,18 @@ class DegradedExpert:
 
 
 # The family, roughly from best to worst; `eval.rank` measures where each really lands.
+# Measured on env seeds 1000-1029, 120 steps (push-v3): the success rate each lands at.
 FAMILY: dict[str, Degradation] = {
-    "expert": Degradation(),
-    "noise_0.5": Degradation(noise_std=0.5),
-    "latency_6": Degradation(latency=6),
-    "goal_bias_4cm": Degradation(goal_bias=[0.04, 0.0, 0.0]),
-    "noise_1.0": Degradation(noise_std=1.0),
-    "weak_arm_0.15": Degradation(action_scale=0.15),
-    "goal_bias_7cm": Degradation(goal_bias=[0.0, 0.07, 0.0]),
-    "random_0.8": Degradation(random_prob=0.8),
-    "random": Degradation(random_prob=1.0),
+    "expert": Degradation(),  # 0.97
+    "goal_bias_5cm": Degradation(goal_bias=[0.05, 0.0, 0.0]),  # 0.73
+    "latency_6": Degradation(latency=6),  # 0.73
+    "noise_0.5": Degradation(noise_std=0.5),  # 0.47
+    "random_0.3": Degradation(random_prob=0.3),  # 0.47
+    "goal_bias_7cm": Degradation(goal_bias=[0.0, 0.07, 0.0]),  # 0.47
+    "latency_10": Degradation(latency=10),  # 0.17
+    "noise_1.0": Degradation(noise_std=1.0),  # 0.10
+    "random_0.5": Degradation(random_prob=0.5),  # 0.07
+    "random": Degradation(random_prob=1.0),  # 0.00
 }
 
 
