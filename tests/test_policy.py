@@ -87,3 +87,30 @@ def test_lerobot_adapter_and_experts_run_in_both_envs(tiny_world_model_dir):
     with pytest.raises(KeyError, match="observation.images.corner"):
         tiny_act_policy().select_action({"observation.state": np.zeros((1, 39), np.float32)})
     real.close()
+
+
+def test_wm_eval_ranks_saved_lerobot_policies(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    """LeRobot policies saved the LeRobot way load through LeRobotPolicy.from_pretrained and run in imagination."""
+    import json
+
+    from worldmodel.dataset import DatasetConfig
+    from worldmodel.evaluate import EvalConfig, evaluate
+    from worldmodel.judge import JudgeNetConfig, SuccessJudge
+
+    paths = []
+    for i in range(2):
+        policy = tiny_act_policy()
+        path = tmp_path / f"act_{i}"
+        policy.policy.save_pretrained(path)
+        policy.preprocessor.save_pretrained(path)
+        policy.postprocessor.save_pretrained(path)
+        paths.append(str(path))
+    judge = SuccessJudge(config={**JudgeNetConfig(frames=2, width=8, num_views=2, image_size=32).__dict__})
+    judge.save_pretrained(tmp_path / "judge")
+    report = evaluate(EvalConfig(
+        model=str(tiny_world_model_dir), judge=str(tmp_path / "judge"), policies=paths,
+        dataset=DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny"), episodes=2, max_episode_steps=8,
+        sampler=SamplerConfig(steps=2, window=2), device="cpu", output=str(tmp_path / "eval.json")))
+    assert [r["policy"] for r in report["policies"]] == paths and sorted(report["ranking"]) == sorted(paths)
+    assert all(r["n_episodes"] == 2 and 0 <= r["imagined_success"] <= 1 for r in report["policies"])
+    assert json.loads((tmp_path / "eval.json").read_text())["task"].startswith("Push the puck")

@@ -37,7 +37,15 @@ def _judge(argv: list[str]) -> None:
     main(argv)
 
 
+def _eval(argv: list[str]) -> None:
+    """Rank your LeRobot policies inside a world model from a dataset's episodes (imagined success)."""
+    from worldmodel.evaluate import main
+
+    main(argv)
+
+
 SUBCOMMANDS = {
+    "eval": _eval,
     "judge": _judge,
     "train": _train,
     "dataset": _dataset,

@@ -1,0 +1,92 @@
+"""`wm eval`: rank your own LeRobot policies inside your own world model, from your dataset's episodes.
+
+    wm eval --model=outputs/train/small/model --judge=outputs/judge/mine \\
+        --policies='[outputs/act_5k/pretrained_model,outputs/act_20k/pretrained_model]' \\
+        --dataset.root=outputs/datasets/mine --episodes=20
+
+Every policy starts from the first frame of the same `episodes` dataset episodes (cycled if the
+dataset has fewer); all of a policy's rollouts run as one batch. With no simulator at hand this gives
+imagined success rates and the ranking they imply; `python -m eval.rank` is the version that also
+measures real success (MetaWorld) and the agreement between the two.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.envs.imagined import ImaginedVectorEnv
+from worldmodel.judge import SuccessJudge
+from worldmodel.model import VideoDiT
+from worldmodel.policy import LeRobotPolicy
+from worldmodel.sampler import SamplerConfig
+from worldmodel.world import WorldModel
+
+
+@dataclass
+class EvalConfig:
+    model: str = "outputs/train/tiny_cpu/model"
+    judge: str = "outputs/judge/metaworld_push"
+    policies: list[str] = field(default_factory=list)  # LeRobot pretrained policy folders
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    episodes: int = 10
+    max_episode_steps: int = 120
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    seed: int = 0
+    device: str | None = None
+    output: str = "outputs/eval/imagined.json"
+
+
+def initial_observations(model: VideoDiT, cfg: EvalConfig) -> tuple[dict, str]:
+    """First frame of `episodes` episodes, at the model's views and size, in LeRobot keys."""
+    keys = list(model.cfg.camera_keys)
+    clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "camera_keys": keys, "image_size": model.cfg.image_size,
+                                         "frame_stride": 1, "clip_frames": 1, "memory_frames": 0}))
+    cache = clips.cache
+    rows = cache.episode_start[np.arange(cfg.episodes) % len(cache.episode_start)]
+    observations = {key: np.asarray(cache.images[rows, v]) for v, key in enumerate(keys)}
+    observations["observation.state"] = cache.states[rows]
+    task = str(clips.lerobot_dataset.meta.tasks.index[0]) if len(clips.lerobot_dataset.meta.tasks) else ""
+    return observations, task
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    if not cfg.policies:
+        raise ValueError("policies: give at least one LeRobot pretrained policy folder")
+    model = VideoDiT.from_pretrained(cfg.model)
+    judge = SuccessJudge.from_pretrained(cfg.judge).eval()
+    start, task = initial_observations(model, cfg)
+    results = []
+    for path in tqdm(cfg.policies, desc="policies", unit="policy"):
+        policy = LeRobotPolicy.from_pretrained(path, task=task, name=path)
+        world = WorldModel(model, cfg.sampler, batch_size=cfg.episodes, device=cfg.device, seed=cfg.seed)
+        env = ImaginedVectorEnv(world, judge.probability, cfg.max_episode_steps, task=task,
+                                judge_frames=judge.cfg.frames)
+        obs, _ = env.reset(options={"observations": start})
+        policy.reset()
+        for _ in range(cfg.max_episode_steps):
+            obs, _, _, _, info = env.step(np.clip(policy.select_action(obs), env.single_action_space.low,
+                                                  env.single_action_space.high))
+        results.append({"policy": path, "imagined_success": float(info["is_success"].mean()),
+                        "n_episodes": cfg.episodes, "per_episode_success": info["is_success"].tolist(),
+                        "per_episode_probability": info["success_probability"].tolist()})
+    ranking = [r["policy"] for r in sorted(results, key=lambda r: -r["imagined_success"])]
+    report = {"policies": results, "ranking": ranking, "model": cfg.model, "judge": cfg.judge, "task": task,
+              "config": asdict(cfg)}
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for r in results:
+        print(f"{r['imagined_success']:.2f}  {r['policy']}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    import draccus
+
+    evaluate(draccus.parse(EvalConfig, args=argv))
