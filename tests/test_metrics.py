@@ -57,3 +57,23 @@ def test_psnr_and_ssim():
     torch.testing.assert_close(ssim(img, img), torch.ones(2, 3))
     noisy = (img + 0.3 * torch.randn_like(img)).clamp(-1, 1)
     assert (ssim(noisy, img) < 0.9).all() and (ssim(noisy, img) > ssim(torch.rand_like(img) * 2 - 1, img)).all()
+
+
+def test_open_loop_fidelity_per_view_and_horizon(tiny_world_model_dir, tiny_dataset_root):
+    from worldmodel.dataset import ClipDataset, DatasetConfig
+    from worldmodel.metrics import open_loop_fidelity
+    from worldmodel.sampler import SamplerConfig
+    from worldmodel.world import WorldModel
+
+    world = WorldModel.from_pretrained(tiny_world_model_dir, batch_size=2, device="cpu",
+                                       sampler_config=SamplerConfig(steps=2, window=2))
+    clips = ClipDataset(DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny",
+                                      camera_keys=list(world.camera_keys), image_size=32, frame_stride=4,
+                                      clip_frames=1))
+    result = open_loop_fidelity(world, clips, [0, 2], horizon=5)
+    assert result["horizon_frames"] == [1, 2, 3, 4, 5] and result["horizon_seconds"][0] == 4 / 80
+    for key in world.camera_keys:
+        assert len(result["psnr"][key]) == 5 and len(result["ssim"][key]) == 5
+        assert all(0 < p < 60 for p in result["psnr"][key])
+    with pytest.raises(ValueError, match="horizon"):
+        open_loop_fidelity(world, clips, [0, 2], horizon=10)

@@ -5,30 +5,20 @@ import pytest
 import torch
 
 from worldmodel.memory import MemoryConfig
-from worldmodel.model import build_config, make_model
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
 
-KEYS = ["observation.images.front", "observation.images.wrist"]
+KEYS = ["observation.images.corner", "observation.images.gripperPOV"]  # the conftest model's views
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2), num_views=2, latent_size=16,
-                       image_size=16, frame_stride=2, camera_keys=KEYS, codec={"type": "pixel", "image_size": 16})
-    model = make_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    path = tmp_path_factory.mktemp("model") / "m"
-    model.save_pretrained(path)
-    return path
+def saved_model(tiny_world_model_dir):
+    return tiny_world_model_dir  # 2 views at 32 px, frame_stride 4
 
 
 def observations(B=3, seed=0):
     rng = np.random.default_rng(seed)
-    obs = {k: rng.integers(0, 255, (B, 16, 16, 3), dtype=np.uint8) for k in KEYS}
+    obs = {k: rng.integers(0, 255, (B, 32, 32, 3), dtype=np.uint8) for k in KEYS}
     obs["observation.state"] = rng.normal(size=(B, 39)).astype(np.float32)
     return obs
 
@@ -42,33 +32,33 @@ def test_reset_and_step_speak_the_env_keys(saved_model):
     w = world(saved_model)
     first = w.reset(observations())
     np.testing.assert_array_equal(first[KEYS[0]].numpy(), observations()[KEYS[0]])
-    obs = w.step(np.zeros((3, 2, 4), np.float32))
+    obs = w.step(np.zeros((3, 4, 4), np.float32))
     assert set(obs) == set(KEYS) | {"observation.state"}
-    assert obs[KEYS[1]].shape == (3, 16, 16, 3) and obs[KEYS[1]].dtype == torch.uint8
+    assert obs[KEYS[1]].shape == (3, 32, 32, 3) and obs[KEYS[1]].dtype == torch.uint8
     assert obs["observation.state"].shape == (3, 39)
-    several = w.step(np.zeros((3, 6, 4), np.float32), return_all=True)  # three frames at once
-    assert several[KEYS[0]].shape == (3, 3, 16, 16, 3)
-    assert w.steps.tolist() == [8, 8, 8]
+    several = w.step(np.zeros((3, 12, 4), np.float32), return_all=True)  # three frames at once
+    assert several[KEYS[0]].shape == (3, 3, 32, 32, 3)
+    assert w.steps.tolist() == [16, 16, 16]
 
 
 def test_actions_steer_the_imagined_frames(saved_model):
     a, b = world(saved_model), world(saved_model)
     a.reset(observations())
     b.reset(observations())
-    left = a.step(np.full((3, 2, 4), -1.0, np.float32))
-    right = b.step(np.full((3, 2, 4), 1.0, np.float32))
+    left = a.step(np.full((3, 4, 4), -1.0, np.float32))
+    right = b.step(np.full((3, 4, 4), 1.0, np.float32))
     assert (left[KEYS[0]].int() - right[KEYS[0]].int()).abs().max() > 0
 
 
 def test_individual_resets_let_rollouts_run_at_different_steps(saved_model):
     w = world(saved_model)
     w.reset(observations())
-    w.step(np.zeros((3, 4, 4), np.float32))
+    w.step(np.zeros((3, 8, 4), np.float32))
     w.reset(observations(seed=1), rollouts=[False, True, False])
-    assert w.steps.tolist() == [4, 0, 4]
+    assert w.steps.tolist() == [8, 0, 8]
     assert w.sampler.frames_done.tolist() == [3, 1, 3]
-    w.step(np.zeros((3, 2, 4), np.float32))
-    assert w.steps.tolist() == [6, 2, 6]
+    w.step(np.zeros((3, 4, 4), np.float32))
+    assert w.steps.tolist() == [12, 4, 12]
 
 
 def test_bad_input_names_what_is_wrong(saved_model):
@@ -76,16 +66,16 @@ def test_bad_input_names_what_is_wrong(saved_model):
     obs = observations()
     with pytest.raises(ValueError, match="2 views expected"):
         w.reset({k: v for k, v in obs.items() if k != KEYS[1]})
-    with pytest.raises(ValueError, match="16x16x3"):
-        w.reset({**obs, KEYS[0]: np.zeros((3, 32, 32, 3), np.uint8)})
+    with pytest.raises(ValueError, match="32x32x3"):
+        w.reset({**obs, KEYS[0]: np.zeros((3, 16, 16, 3), np.uint8)})
     with pytest.raises(ValueError, match="observation.state"):
         w.reset({**obs, "observation.state": np.zeros((3, 12), np.float32)})
     w.reset(obs)
     with pytest.raises(ValueError, match="action_dim=4"):
-        w.step(np.zeros((3, 2, 6), np.float32))
-    with pytest.raises(ValueError, match="frame_stride=2"):
+        w.step(np.zeros((3, 4, 6), np.float32))
+    with pytest.raises(ValueError, match="frame_stride=4"):
         w.step(np.zeros((3, 3, 4), np.float32))
-    nan = np.zeros((3, 2, 4), np.float32)
+    nan = np.zeros((3, 4, 4), np.float32)
     nan[1, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         w.step(nan)

@@ -111,3 +111,33 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, wind
     cov = blur(x * y) - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return s.mean(dim=(-3, -2, -1)).reshape(lead)
+
+
+@torch.no_grad()
+def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int) -> dict:
+    """Replay recorded actions open loop from each episode's first frame and compare every imagined frame
+    with the real one: per view and per horizon (in world-model frames), mean PSNR and SSIM over episodes.
+
+    world: a `WorldModel` with batch_size == len(episode_positions); clips: a `ClipDataset` at the model's
+    views, size and frame_stride (its cache holds the real frames and actions)."""
+    cache, stride = clips.cache, world.cfg.frame_stride
+    lengths = cache.episode_length[episode_positions]
+    if (lengths <= horizon * stride).any():
+        raise ValueError(f"horizon: {horizon} frames x stride {stride} is longer than episode(s) of {lengths.min()} steps")
+    starts = cache.episode_start[episode_positions]
+    keys = world.camera_keys
+    first = {key: np.asarray(cache.images[starts, v]) for v, key in enumerate(keys)}
+    first["observation.state"] = cache.states[starts]
+    world.reset(first)
+    actions = np.stack([cache.actions[s:s + horizon * stride] for s in starts])  # (B, horizon * stride, A)
+    imagined = world.step(actions, return_all=True)
+    steps = stride * np.arange(1, horizon + 1)
+    out = {"horizon_frames": list(range(1, horizon + 1)),
+           "horizon_seconds": (steps / world.cfg.fps).tolist(), "psnr": {}, "ssim": {}}
+    for v, key in enumerate(keys):
+        real = torch.from_numpy(np.stack([cache.images[s + steps, v] for s in starts]))  # (B, H, h, w, 3)
+        real = real.permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        fake = imagined[key].cpu().permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        out["psnr"][key] = psnr(fake, real).mean(0).tolist()
+        out["ssim"][key] = ssim(fake, real).mean(0).tolist()
+    return out
