@@ -44,7 +44,15 @@ def _eval(argv: list[str]) -> None:
     main(argv)
 
 
+def _imagine(argv: list[str]) -> None:
+    """Roll policies in a world model; write the judged successes as a LeRobotDataset."""
+    from worldmodel.imagine import main
+
+    main(argv)
+
+
 SUBCOMMANDS = {
+    "imagine": _imagine,
     "eval": _eval,
     "judge": _judge,
     "train": _train,

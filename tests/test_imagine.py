@@ -1,0 +1,90 @@
+"""`wm imagine`: a LeRobotDataset of judged imagined rollouts; filtering; crash-safe resume; trainable."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from worldmodel.dataset import DatasetConfig
+from worldmodel.imagine import ImagineConfig, Imaginer
+from worldmodel.policy import CallablePolicy
+from worldmodel.sampler import SamplerConfig
+
+
+def even_rows_succeed(frames, states, task):
+    """A judge that scores rollout b of a batch 0.9 when b is even, else 0.1."""
+    return torch.tensor([0.9 if b % 2 == 0 else 0.1 for b in range(frames.shape[0])])
+
+
+def config(model_dir, dataset_root, out, **kw):
+    return ImagineConfig(model=str(model_dir), judge="(test judge)", policies=["drift"],
+                         dataset=DatasetConfig(root=str(dataset_root), repo_id="test/tiny"),
+                         output_root=str(out), repo_id="test/imagined", starts=2, seeds_per_start=2,
+                         max_episode_steps=8, batch_size=4, warmup_random_steps=4,
+                         sampler=SamplerConfig(steps=2, window=2), device="cpu", **kw)
+
+
+def drift():
+    return {"drift": CallablePolicy(lambda obs: np.tile([0.5, 0.0, 0.0, 0.0], (len(obs["observation.state"]), 1)),
+                                    "drift")}
+
+
+def test_keeps_only_judged_successes_with_the_source_features(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    ledger = Imaginer(config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "out"), drift(),
+                      even_rows_succeed).run()
+    kept = [j for j in ledger["jobs"].values() if j["episode_index"] is not None]
+    assert len(ledger["jobs"]) == 4 and len(kept) == 2
+    assert all(j["score"] >= 0.5 for j in kept) and all(
+        j["score"] < 0.5 for j in ledger["jobs"].values() if j["episode_index"] is None)
+    ds = LeRobotDataset("test/imagined", root=tmp_path / "out")
+    source = LeRobotDataset("test/tiny", root=tiny_dataset_root)
+    assert ds.meta.total_episodes == 2 and len(ds) == 16 and ds.fps == source.fps
+    assert set(ds.meta.features) == set(source.meta.features)
+    for key in ("observation.images.corner", "observation.images.gripperPOV", "observation.state", "action"):
+        assert tuple(ds.meta.features[key]["shape"]) == tuple(source.meta.features[key]["shape"])
+    item = ds[3]
+    assert item["observation.images.corner"].shape == (3, 32, 32)
+    np.testing.assert_allclose(item["action"].numpy(), [0.5, 0, 0, 0])
+    meta = json.loads((tmp_path / "out" / "meta" / "imagined.json").read_text())
+    assert meta["world_model"] == str(tiny_world_model_dir) and meta["threshold"] == 0.5
+    assert meta["warmup_random_steps"] == 4 and {j["seed"] for j in meta["jobs"].values()} == {0, 1}
+
+
+def test_interrupted_generation_resumes_without_duplicates(tiny_world_model_dir, tiny_dataset_root, tmp_path,
+                                                           monkeypatch):
+    cfg = config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "out", keep_failures=True)
+    real_save = LeRobotDataset.save_episode
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeRobotDataset, "save_episode", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        Imaginer(cfg, drift(), even_rows_succeed).run()
+    monkeypatch.undo()
+    assert LeRobotDataset("test/imagined", root=tmp_path / "out").meta.total_episodes == 2  # whole episodes only
+
+    ledger = Imaginer(cfg, drift(), even_rows_succeed).run()
+    ds = LeRobotDataset("test/imagined", root=tmp_path / "out")
+    assert ds.meta.total_episodes == 4 and len(ds) == 32
+    indices = sorted(j["episode_index"] for j in ledger["jobs"].values())
+    assert indices == [0, 1, 2, 3]  # every job once
+    assert "imagined.success_probability" in ds.meta.features
+    scores = {int(ds[i * 8]["episode_index"]): float(ds[i * 8]["imagined.success_probability"]) for i in range(4)}
+    assert sorted(round(v, 1) for v in scores.values()) == [0.1, 0.1, 0.9, 0.9]
+
+
+def test_a_lerobot_training_step_runs_on_imagined_data(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    from policies.train_visual import TrainVisualConfig, train_visual
+
+    Imaginer(config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "out"), drift(), even_rows_succeed).run()
+    checkpoints = train_visual(TrainVisualConfig(
+        dataset_root=str(tmp_path / "out"), repo_id="test/imagined", budgets=[1], output_dir=str(tmp_path / "act"),
+        batch_size=2, dim_model=32, chunk_size=4, device="cpu", extra_args=["--num_workers=0"]))
+    assert checkpoints[0].exists()

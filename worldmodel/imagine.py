@@ -1,0 +1,210 @@
+"""`wm imagine`: roll policies inside the world model and write the (judged) successes as a LeRobotDataset.
+
+    wm imagine --model=outputs/train/small/model --judge=outputs/judge/metaworld_push \\
+        --policies='[outputs/policies/act_push/checkpoints/002000/pretrained_model]' \\
+        --dataset.root=outputs/datasets/metaworld_push --starts=50 --seeds_per_start=4 \\
+        --output_root=outputs/datasets/imagined_push
+
+Every job is (policy, start episode, seed, task): the rollout starts from the first frame of that source
+episode, optionally after `warmup_random_steps` random actions (a random perturbation of the initial
+pose), and runs `max_episode_steps` env steps. The judge scores its last frames; with `keep_failures`
+off only rollouts scoring >= `threshold` are written.
+
+The output is a LeRobotDataset v3 written through lerobot's API with the source's features, so
+`lerobot-train` and `wm train` read it directly. Rows are env steps at the source fps: each row holds
+the observation the policy saw when it acted (the newest imagined frame and state, renewed every
+`frame_stride` steps) and the action it took; `next.success`/`next.reward` (when the source has
+them) are the judge's verdict after that step. With `keep_failures` every rollout is kept and an extra
+per-episode feature `imagined.success_probability` holds the judge's final score. `meta/imagined.json` records the world model, judge, threshold,
+policies, seeds and every job's outcome; it is also the ledger a restarted run resumes from: a job
+is marked done only after its episode is saved (or rejected), so a crash never duplicates an episode
+and never leaves half of one (the episode being written is dropped and redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.envs.imagined import ImaginedVectorEnv
+from worldmodel.model import VideoDiT
+from worldmodel.sampler import SamplerConfig
+from worldmodel.world import WorldModel
+
+
+@dataclass
+class ImagineConfig:
+    model: str = "outputs/train/tiny_cpu/model"
+    judge: str = "outputs/judge/metaworld_push"
+    policies: list[str] = field(default_factory=list)  # LeRobot pretrained policy folders
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the source of starts and features
+    output_root: str = "outputs/datasets/imagined"
+    repo_id: str = "local/imagined"
+    starts: int = 10  # first frames of this many source episodes
+    seeds_per_start: int = 1
+    tasks: list[str] | None = None  # task strings to imagine with (None: the source's first task)
+    warmup_random_steps: int = 0  # random actions before the policy starts (initial-pose diversity)
+    max_episode_steps: int = 120
+    threshold: float = 0.5
+    keep_failures: bool = False
+    batch_size: int = 16
+    seed: int = 0
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    device: str | None = None
+    vcodec: str = "libsvtav1"
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+class Imaginer:
+    """Generates the dataset; `policies` are objects with reset()/select_action() (any adapter)."""
+
+    def __init__(self, cfg: ImagineConfig, policies: dict, judge):
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        self.cfg, self.policies, self.judge = cfg, policies, judge
+        self.model = VideoDiT.from_pretrained(cfg.model)
+        keys = list(self.model.cfg.camera_keys)
+        self.source = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "camera_keys": keys,
+                                                   "image_size": self.model.cfg.image_size, "frame_stride": 1,
+                                                   "clip_frames": 1, "memory_frames": 0}))
+        meta = self.source.lerobot_dataset.meta
+        for key in keys:
+            if tuple(meta.features[key]["shape"][:2]) != (self.model.cfg.image_size,) * 2:
+                raise ValueError(f"dataset: {key} is {meta.features[key]['shape']} but the world model draws "
+                                 f"{self.model.cfg.image_size}px frames; imagine from a source at the model's size")
+        self.features = {k: v for k, v in meta.features.items()
+                         if k not in ("timestamp", "frame_index", "episode_index", "index", "task_index")}
+        if cfg.keep_failures:  # everything is kept: the judge's verdict travels with each episode
+            self.features["imagined.success_probability"] = {"dtype": "float32", "shape": (1,), "names": None}
+        self.fps = meta.fps
+        self.default_task = str(meta.tasks.index[0])
+        root = Path(cfg.output_root)
+        self.ledger_path = root / "meta" / "imagined.json"
+        if self.ledger_path.exists():
+            self.dataset = LeRobotDataset(cfg.repo_id, root=root, vcodec=cfg.vcodec)
+            self.ledger = json.loads(self.ledger_path.read_text())
+        else:
+            self.dataset = LeRobotDataset.create(cfg.repo_id, fps=self.fps, features=self.features, root=root,
+                                                 robot_type=meta.robot_type, vcodec=cfg.vcodec)
+            self.ledger = {"world_model": cfg.model, "judge": cfg.judge, "threshold": cfg.threshold,
+                           "keep_failures": cfg.keep_failures, "policies": list(policies), "seed": cfg.seed,
+                           "source": cfg.dataset.root or cfg.dataset.repo_id,
+                           "warmup_random_steps": cfg.warmup_random_steps, "jobs": {}}
+            _write_json_atomic(self.ledger_path, self.ledger)
+        # A crash can leave saved episodes the ledger has not heard of (saved, then killed before the
+        # ledger write): those are real and whole, but their jobs would run again; refuse to guess.
+        recorded = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
+        if recorded != self.dataset.meta.total_episodes:
+            raise RuntimeError(f"output_root: {root} holds {self.dataset.meta.total_episodes} episodes but its "
+                               f"ledger lists {recorded}; it was not written by this command")
+
+    def jobs(self) -> list[dict]:
+        tasks = self.cfg.tasks or [self.default_task]
+        return [{"id": f"{p}|{s}|{k}|{t}", "policy": p, "start": s, "seed": self.cfg.seed + k, "task": t}
+                for p in self.policies for s in range(self.cfg.starts)
+                for k in range(self.cfg.seeds_per_start) for t in tasks]
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        pending = [j for j in self.jobs() if j["id"] not in self.ledger["jobs"]]
+        kept = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
+        progress = tqdm(total=len(self.jobs()), initial=len(self.jobs()) - len(pending), desc="imagining",
+                        unit="rollout")
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            # Batches never mix policies or tasks: one policy instance acts for the whole batch.
+            groups: dict[tuple, list] = {}
+            for job in pending:
+                groups.setdefault((job["policy"], job["task"]), []).append(job)
+            for (policy_name, task), group in groups.items():
+                for lo in range(0, len(group), cfg.batch_size):
+                    batch = group[lo:lo + cfg.batch_size]
+                    for job, episode, score in zip(batch, *self.rollout(policy_name, task, batch)):
+                        keep = score >= cfg.threshold or cfg.keep_failures
+                        index = self.save(episode, task, score) if keep else None
+                        kept += keep
+                        self.ledger["jobs"][job["id"]] = {**job, "episode_index": index, "score": float(score)}
+                        _write_json_atomic(self.ledger_path, self.ledger)
+                        progress.update(1)
+                        progress.set_postfix(kept=kept)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            progress.close()
+            self.dataset.finalize()
+        return self.ledger
+
+    def rollout(self, policy_name: str, task: str, batch: list[dict]):
+        cfg, B = self.cfg, len(batch)
+        cache = self.source.cache
+        starts = cache.episode_start[np.array([j["start"] for j in batch]) % len(cache.episode_start)]
+        keys = list(self.model.cfg.camera_keys)
+        first = {key: np.asarray(cache.images[starts, v]) for v, key in enumerate(keys)}
+        first["observation.state"] = cache.states[starts]
+        world = WorldModel(self.model, cfg.sampler, batch_size=B, device=cfg.device, seed=batch[0]["seed"])
+        env = ImaginedVectorEnv(world, self.judge, cfg.max_episode_steps + cfg.warmup_random_steps, task=task)
+        obs, _ = env.reset(options={"observations": first})
+        rng = np.random.default_rng([j["seed"] for j in batch] + [j["start"] for j in batch])
+        low, high = env.single_action_space.low, env.single_action_space.high
+        for _ in range(cfg.warmup_random_steps):
+            obs, *_ = env.step(rng.uniform(low, high, (B, len(low))).astype(np.float32))
+        policy = self.policies[policy_name]
+        if hasattr(policy, "task"):
+            policy.task = task
+        policy.reset()
+        rows = []
+        for _ in range(cfg.max_episode_steps):
+            action = np.clip(policy.select_action(obs), low, high).astype(np.float32)
+            seen = {k: v.copy() for k, v in obs.items()}
+            obs, _, _, _, info = env.step(action)
+            rows.append((seen, action, info["is_success"].copy()))
+        scores = info["success_probability"]
+        episodes = [[({k: v[b] for k, v in o.items()}, a[b], bool(ok[b])) for o, a, ok in rows] for b in range(B)]
+        return episodes, scores
+
+    def save(self, episode: list, task: str, score: float) -> int:
+        """Write one whole episode; on any interruption the partial buffer is dropped."""
+        index = self.dataset.meta.total_episodes
+        try:
+            for obs, action, success in episode:
+                frame = {k: obs[k] for k in self.features if k in obs}
+                frame["action"] = action
+                if "next.success" in self.features:  # the judge's verdict after this step
+                    frame["next.success"] = np.array([success])
+                if "next.reward" in self.features:
+                    frame["next.reward"] = np.array([float(success)], np.float32)
+                if "imagined.success_probability" in self.features:
+                    frame["imagined.success_probability"] = np.array([score], np.float32)
+                self.dataset.add_frame({**frame, "task": task})
+            self.dataset.save_episode()
+        except BaseException:
+            self.dataset.clear_episode_buffer()
+            raise
+        return index
+
+
+def main(argv: list[str] | None = None) -> None:
+    import draccus
+
+    from worldmodel.judge import SuccessJudge
+    from worldmodel.policy import LeRobotPolicy
+
+    cfg = draccus.parse(ImagineConfig, args=argv)
+    if not cfg.policies:
+        raise ValueError("policies: give at least one LeRobot pretrained policy folder")
+    policies = {p: LeRobotPolicy.from_pretrained(p, name=p) for p in cfg.policies}
+    judge = SuccessJudge.from_pretrained(cfg.judge).eval()
+    ledger = Imaginer(cfg, policies, judge.probability).run()
+    kept = sum(1 for j in ledger["jobs"].values() if j["episode_index"] is not None)
+    print(f"{kept} of {len(ledger['jobs'])} imagined rollouts kept in {cfg.output_root}")
