@@ -30,19 +30,23 @@ class TrainVisualConfig:
     dim_model: int = 128
     chunk_size: int = 16
     device: str = "cuda"
+    init_from: str | None = None  # a pretrained_model folder to fine-tune (its architecture is kept)
     extra_args: list[str] = field(default_factory=list)  # passed through to lerobot-train
 
 
 def lerobot_train_command(cfg: TrainVisualConfig) -> list[str]:
     save_freq = reduce(math.gcd, cfg.budgets)  # every budget is a multiple: each one gets a checkpoint
+    if cfg.init_from is not None:  # fine-tuning: lerobot takes type and shape from the checkpoint
+        policy = [f"--policy.path={cfg.init_from}"]
+    else:
+        policy = ["--policy.type=act", "--policy.pretrained_backbone_weights=null",
+                  f"--policy.dim_model={cfg.dim_model}", f"--policy.dim_feedforward={4 * cfg.dim_model}",
+                  f"--policy.chunk_size={cfg.chunk_size}", f"--policy.n_action_steps={cfg.chunk_size}"]
     return [sys.executable, "-m", "lerobot.scripts.lerobot_train",
-            f"--dataset.repo_id={cfg.repo_id}", f"--dataset.root={cfg.dataset_root}",
-            "--policy.type=act", "--policy.push_to_hub=false", "--policy.pretrained_backbone_weights=null",
-            f"--policy.device={cfg.device}", f"--policy.dim_model={cfg.dim_model}",
-            f"--policy.dim_feedforward={4 * cfg.dim_model}", f"--policy.chunk_size={cfg.chunk_size}",
-            f"--policy.n_action_steps={cfg.chunk_size}", f"--steps={max(cfg.budgets)}", f"--save_freq={save_freq}",
-            f"--batch_size={cfg.batch_size}", f"--output_dir={cfg.output_dir}", "--wandb.enable=false",
-            "--eval_freq=0", *cfg.extra_args]
+            f"--dataset.repo_id={cfg.repo_id}", f"--dataset.root={cfg.dataset_root}", *policy,
+            "--policy.push_to_hub=false", f"--policy.device={cfg.device}", f"--steps={max(cfg.budgets)}",
+            f"--save_freq={save_freq}", f"--batch_size={cfg.batch_size}", f"--output_dir={cfg.output_dir}",
+            "--wandb.enable=false", "--eval_freq=0", *cfg.extra_args]
 
 
 def train_visual(cfg: TrainVisualConfig) -> list[Path]:
