@@ -20,7 +20,12 @@ setup(
         "tqdm",
         "draccus",
         "tensorboard",
+        "scipy",
+        "starlette",
+        "uvicorn",
+        "websockets",
     ],
-    extras_require={"dev": ["pytest", "pandas", "pyarrow"]},
+    # playwright drives Debian's chromium in the browser test (no browser download).
+    extras_require={"dev": ["pytest", "pandas", "pyarrow", "playwright", "httpx"]},
     entry_points={"console_scripts": ["wm=worldmodel.cli:main"]},
 )

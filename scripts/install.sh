@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
-# libegl1 + libgl1-mesa-dri: headless MuJoCo rendering (EGL on Mesa); ffmpeg: torchcodec's video decoding.
+# libegl1 + libgl1-mesa-dri: headless MuJoCo rendering (EGL on Mesa); ffmpeg: torchcodec's video decoding;
+# chromium: the teleop page's browser test (Playwright drives /usr/bin/chromium, nothing is downloaded).
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq libegl1 libgl1-mesa-dri ffmpeg > /dev/null
+$SUDO apt-get install -y -qq libegl1 libgl1-mesa-dri ffmpeg chromium > /dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[dev]"

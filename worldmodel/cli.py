@@ -51,7 +51,15 @@ def _imagine(argv: list[str]) -> None:
     main(argv)
 
 
+def _teleop(argv: list[str]) -> None:
+    """Drive the robot inside the imagined world from a browser (web server on 127.0.0.1)."""
+    from worldmodel.teleop import main
+
+    main(argv)
+
+
 SUBCOMMANDS = {
+    "teleop": _teleop,
     "imagine": _imagine,
     "eval": _eval,
     "judge": _judge,

@@ -1,0 +1,129 @@
+"""Teleop server: the protocol survives bad clients, and a real browser drives the imagined robot."""
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from starlette.testclient import TestClient
+
+from worldmodel.dataset import DatasetConfig
+from worldmodel.sampler import SamplerConfig
+from worldmodel.teleop import TeleopConfig, TeleopServer
+
+
+@pytest.fixture
+def server(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    cfg = TeleopConfig(model=str(tiny_world_model_dir), dataset=DatasetConfig(root=str(tiny_dataset_root),
+                       repo_id="test/tiny"), record_root=str(tmp_path / "teleop"), device="cpu",
+                       sampler=SamplerConfig(steps=2, window=1, rolling=False))
+    return TeleopServer(cfg)
+
+
+def next_of(ws, kind, limit=50):
+    for _ in range(limit):
+        message = ws.receive_json()
+        if message["type"] == kind:
+            return message
+        if message["type"] == "frame":
+            ws.send_json({"type": "ack"})
+    raise AssertionError(f"no {kind} message")
+
+
+def test_bad_messages_get_errors_and_the_server_keeps_serving(server):
+    client = TestClient(server.app)
+    with client.websocket_connect("/ws") as ws:
+        hello = ws.receive_json()
+        assert hello["type"] == "hello" and hello["camera_keys"] == list(server.model.cfg.camera_keys)
+        assert ws.receive_json()["type"] == "frame"
+        ws.send_json({"type": "ack"})  # the server sends the next frame only after this
+        ws.send_text("{not json")
+        assert "malformed JSON" in next_of(ws, "error")["message"]
+        ws.send_text(json.dumps({"type": "teleport"}))
+        assert "unknown message type" in next_of(ws, "error")["message"]
+        ws.send_text(json.dumps({"type": "keys", "down": "w" * 5000}))
+        assert "too large" in next_of(ws, "error")["message"]
+        ws.send_text(json.dumps([1, 2]))
+        assert "JSON objects" in next_of(ws, "error")["message"]
+        ws.send_text(json.dumps({"type": "reset", "episode": 99}))
+        assert "episode" in next_of(ws, "error")["message"]
+        for i in range(2000):  # a key flood
+            ws.send_text(json.dumps({"type": "keys", "down": ["w"] if i % 2 else []}))
+        ws.send_text(json.dumps({"type": "keys", "down": ["d"]}))
+        deadline = time.time() + 60
+        while True:  # the server is still generating, and the last key state wins: +x
+            frame = next_of(ws, "frame")
+            ws.send_json({"type": "ack"})
+            if frame["action"][0] == 1.0 or time.time() > deadline:
+                break
+        assert frame["action"][0] == 1.0 and frame["step"] > 0
+    # An abrupt disconnect freed that session; a new client is served.
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        assert ws.receive_json()["type"] == "frame"
+        assert len(server.sessions) == 1
+    time.sleep(0.2)
+    assert len(server.sessions) == 0
+
+
+def test_non_local_binding_needs_a_token(server, tiny_world_model_dir):
+    with pytest.raises(ValueError, match="token"):
+        TeleopServer(TeleopConfig(model=str(tiny_world_model_dir), host="0.0.0.0"), model=server.model,
+                     clips=server.clips)
+    guarded = TeleopServer(TeleopConfig(model=str(tiny_world_model_dir), token="s3cret"), model=server.model,
+                           clips=server.clips)
+    client = TestClient(guarded.app)
+    assert client.get("/").status_code == 403 and client.get("/?token=s3cret").status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_browser_drives_the_imagined_robot_and_records(server, tmp_path):
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("Number(document.body.dataset.frames || 0) >= 3", timeout=60000)
+            corner = page.locator("img[id='observation.images.corner']")
+            assert corner.get_attribute("src").startswith("data:image/png;base64,")
+            page.keyboard.press("c")  # record on
+            page.keyboard.down("d")  # hold +x
+            page.wait_for_function("JSON.parse(document.getElementById('action').textContent)[0] === 1", timeout=60000)
+            before = corner.get_attribute("src")
+            page.wait_for_function(f"Number(document.body.dataset.frames) >= {int(page.evaluate('document.body.dataset.frames')) + 2}",
+                                   timeout=60000)
+            assert corner.get_attribute("src") != before  # the frames keep coming and change
+            page.keyboard.up("d")
+            page.keyboard.down("s")  # hold -y: a different action reaches the server
+            page.wait_for_function("JSON.parse(document.getElementById('action').textContent)[1] === -1", timeout=60000)
+            page.keyboard.up("s")
+            page.keyboard.press("c")  # record off -> one episode saved
+            page.wait_for_function("document.getElementById('recorded').textContent === '1'", timeout=60000)
+            page.screenshot(path=str(tmp_path / "teleop.png"))
+            browser.close()
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+    dataset = LeRobotDataset(server.cfg.record_repo_id, root=server.cfg.record_root)
+    assert dataset.meta.total_episodes == 1 and len(dataset) >= 8
+    actions = np.stack([dataset[i]["action"].numpy() for i in range(len(dataset))])
+    assert (actions[:, 0] == 1.0).any() and (actions[:, 1] == -1.0).any()
