@@ -70,3 +70,20 @@ def test_bad_use_is_refused(real_env, tiny_world_model_dir):
         env.step(np.full((2, 4), np.nan, np.float32))
     with pytest.raises(ValueError, match="n_envs"):
         make_env(WorldModel.from_pretrained(tiny_world_model_dir, batch_size=2, device="cpu"), n_envs=3)
+
+
+def test_single_env_form_matches_the_real_env(real_env, tiny_world_model_dir):
+    from worldmodel.envs.imagined import ImaginedEnv
+
+    world = WorldModel.from_pretrained(tiny_world_model_dir, batch_size=1, device="cpu",
+                                       sampler_config=SamplerConfig(steps=2, window=2))
+    env = ImaginedEnv(world, max_episode_steps=4)
+    assert env.observation_space == real_env.observation_space and env.action_space == real_env.action_space
+    real_obs, _ = real_env.reset(seed=0)
+    obs, info = env.reset(options={"observations": real_obs})
+    assert env.observation_space.contains(obs) and info["is_success"] == False  # noqa: E712
+    for t in range(4):
+        obs, reward, terminated, truncated, info = env.step(real_env.action_space.sample())
+    assert env.observation_space.contains(obs) and truncated and isinstance(reward, float)
+    with pytest.raises(ValueError, match="batch_size"):
+        ImaginedEnv(WorldModel.from_pretrained(tiny_world_model_dir, batch_size=2, device="cpu"))

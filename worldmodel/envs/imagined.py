@@ -110,3 +110,33 @@ def make_env(world: WorldModel, n_envs: int | None = None, **kwargs) -> Imagined
     if n_envs is not None and n_envs != world.batch_size:
         raise ValueError(f"n_envs: {n_envs} differs from the world model's batch_size {world.batch_size}")
     return ImaginedVectorEnv(world, **kwargs)
+
+
+class ImaginedEnv(gym.Env):
+    """The single-rollout gymnasium env: an `ImaginedVectorEnv` of one, with unbatched observations
+    and actions (what a policy written for the real `MetaWorldMultiViewEnv` expects)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, world: WorldModel, **kwargs):
+        if world.batch_size != 1:
+            raise ValueError(f"world: ImaginedEnv runs one rollout; got batch_size {world.batch_size} "
+                             "(use ImaginedVectorEnv)")
+        self.vector = ImaginedVectorEnv(world, **kwargs)
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+        self.task = self.task_description = self.vector.task
+
+    def reset(self, *, seed=None, options=None):
+        if options and "observations" in options:
+            options = {"observations": {k: np.asarray(v)[None] for k, v in options["observations"].items()}}
+        obs, info = self.vector.reset(seed=seed, options=options)
+        return {k: v[0] for k, v in obs.items()}, {k: v[0] for k, v in info.items()}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.vector.step(np.asarray(action, np.float32)[None])
+        return ({k: v[0] for k, v in obs.items()}, float(reward[0]), bool(terminated[0]), bool(truncated[0]),
+                {k: v[0] for k, v in info.items()})
+
+    def render(self):
+        return self.vector.render()[0]
