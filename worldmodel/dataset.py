@@ -333,6 +333,14 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.clip(*self.locate(index))
 
+    def first_observations(self, positions) -> dict[str, np.ndarray]:
+        """The first frame of the episodes at cache `positions`, in LeRobot keys:
+        {camera_key: (n, H, W, 3) uint8, "observation.state": (n, S)} (a real env's reset, batched)."""
+        rows = self.cache.episode_start[np.asarray(positions) % len(self.cache.episode_start)]
+        observations = {key: np.asarray(self.cache.images[rows, v]) for v, key in enumerate(self.camera_keys)}
+        observations["observation.state"] = self.cache.states[rows]
+        return observations
+
     def episode_positions(self) -> list[int]:
         """Cache positions of the episodes (use with `clip` to read whole episodes)."""
         return list(range(len(self.cache.episode_index)))

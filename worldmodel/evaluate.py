@@ -47,10 +47,7 @@ def initial_observations(model: VideoDiT, cfg: EvalConfig) -> tuple[dict, str]:
     keys = list(model.cfg.camera_keys)
     clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "camera_keys": keys, "image_size": model.cfg.image_size,
                                          "frame_stride": 1, "clip_frames": 1, "memory_frames": 0}))
-    cache = clips.cache
-    rows = cache.episode_start[np.arange(cfg.episodes) % len(cache.episode_start)]
-    observations = {key: np.asarray(cache.images[rows, v]) for v, key in enumerate(keys)}
-    observations["observation.state"] = cache.states[rows]
+    observations = clips.first_observations(np.arange(cfg.episodes))
     task = str(clips.lerobot_dataset.meta.tasks.index[0]) if len(clips.lerobot_dataset.meta.tasks) else ""
     return observations, task
 

@@ -147,11 +147,7 @@ class Imaginer:
 
     def rollout(self, policy_name: str, task: str, batch: list[dict]):
         cfg, B = self.cfg, len(batch)
-        cache = self.source.cache
-        starts = cache.episode_start[np.array([j["start"] for j in batch]) % len(cache.episode_start)]
-        keys = list(self.model.cfg.camera_keys)
-        first = {key: np.asarray(cache.images[starts, v]) for v, key in enumerate(keys)}
-        first["observation.state"] = cache.states[starts]
+        first = self.source.first_observations([j["start"] for j in batch])
         world = WorldModel(self.model, cfg.sampler, batch_size=B, device=cfg.device, seed=batch[0]["seed"])
         env = ImaginedVectorEnv(world, self.judge, cfg.max_episode_steps + cfg.warmup_random_steps, task=task)
         obs, _ = env.reset(options={"observations": first})

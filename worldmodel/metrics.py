@@ -126,9 +126,7 @@ def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int)
         raise ValueError(f"horizon: {horizon} frames x stride {stride} is longer than episode(s) of {lengths.min()} steps")
     starts = cache.episode_start[episode_positions]
     keys = world.camera_keys
-    first = {key: np.asarray(cache.images[starts, v]) for v, key in enumerate(keys)}
-    first["observation.state"] = cache.states[starts]
-    world.reset(first)
+    world.reset(clips.first_observations(episode_positions))
     actions = np.stack([cache.actions[s:s + horizon * stride] for s in starts])  # (B, horizon * stride, A)
     imagined = world.step(actions, return_all=True)
     steps = stride * np.arange(1, horizon + 1)

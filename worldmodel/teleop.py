@@ -189,14 +189,10 @@ class TeleopServer:
         self.app = self._build_app()
 
     def start_observation(self, episode: int) -> dict:
-        cache = self.clips.cache
-        n = len(cache.episode_start)
+        n = len(self.clips.cache.episode_start)
         if not 0 <= episode < n:
             raise ValueError(f"episode: {episode} is not in [0, {n})")
-        row = cache.episode_start[episode]
-        obs = {k: np.asarray(cache.images[row:row + 1, v]) for v, k in enumerate(self.model.cfg.camera_keys)}
-        obs["observation.state"] = cache.states[row:row + 1]
-        return obs
+        return self.clips.first_observations([episode])
 
     def authorised(self, token: str | None) -> bool:
         return self.cfg.token is None or (token is not None and hmac.compare_digest(token, self.cfg.token))
