@@ -65,7 +65,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [centre - half, centre + half]
+    return [max(0.0, centre - half), min(1.0, centre + half)]  # clamped: float error gave -0.00
 
 
 def real_success(checkpoint: Path, cfg: ImproveConfig, cameras: list[str], image_size: int) -> dict:
