@@ -340,7 +340,3 @@ class ClipDataset(torch.utils.data.Dataset):
         observations = {key: np.asarray(self.cache.images[rows, v]) for v, key in enumerate(self.camera_keys)}
         observations["observation.state"] = self.cache.states[rows]
         return observations
-
-    def episode_positions(self) -> list[int]:
-        """Cache positions of the episodes (use with `clip` to read whole episodes)."""
-        return list(range(len(self.cache.episode_index)))

@@ -117,16 +117,17 @@ def success_labels(clips: ClipDataset, key: str) -> np.ndarray:
     return labels
 
 
+def clip_label(clips: ClipDataset, labels: np.ndarray, index: int) -> float:
+    """Success flag at the last frame of clip `index` (labels in cache row order)."""
+    episode, first = clips.locate(index)
+    last = first + clips.cfg.frame_stride * (clips.cfg.clip_frames - 1)
+    return float(labels[int(clips.cache.episode_start[episode]) + last])
+
+
 def _batch(clips: ClipDataset, labels: np.ndarray, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    frames, states, ys = [], [], []
-    for i in indices:
-        episode, first = clips.locate(int(i))
-        start = int(clips.cache.episode_start[episode])
-        steps = first + clips.cfg.frame_stride * np.arange(clips.cfg.clip_frames)
-        frames.append(torch.from_numpy(np.ascontiguousarray(clips.cache.images[start + steps])).permute(0, 1, 4, 2, 3))
-        states.append(torch.from_numpy(clips.cache.states[start + steps]))
-        ys.append(float(labels[start + steps[-1]]))
-    return torch.stack(frames), torch.stack(states), torch.tensor(ys)
+    items = [clips[int(i)] for i in indices]
+    return (torch.stack([item["images"] for item in items]), torch.stack([item["state"] for item in items]),
+            torch.tensor([clip_label(clips, labels, int(i)) for i in indices]))
 
 
 @torch.no_grad()
@@ -166,9 +167,7 @@ def train_judge(cfg: JudgeTrainConfig) -> Path:
                                   "state_std": train.stats["state_std"]})
     judge = SuccessJudge(config=asdict(judge_cfg))
     # Clip-level labels (success at the clip's last frame), balanced by weighting the rarer class.
-    clip_labels = np.array([labels["train"][int(train.cache.episode_start[e]) + f + cfg.dataset.frame_stride
-                                            * (cfg.judge.frames - 1)]
-                            for e, f in (train.locate(i) for i in range(len(train)))])
+    clip_labels = np.array([clip_label(train, labels["train"], i) for i in range(len(train))])
     pos = clip_labels.mean()
     pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3))
     optimizer = torch.optim.AdamW(judge.parameters(), lr=cfg.lr, weight_decay=1e-4)

@@ -160,7 +160,7 @@ class StreamingSampler:
 
     # -- committing a clean frame --------------------------------------------------------------------
     @torch.no_grad()
-    def _commit(self, latents, state, actions, active=None, context=None):
+    def _commit(self, latents, state, actions, active=None):
         """A frame is final: one clean pass computes its keys/values, which join the recent cache (or the
         sinks, for the first frames) and the pose memory. latents (B, V, C, H, W), raw state (B, S)."""
         B, cfg = self.B, self.config
@@ -169,7 +169,7 @@ class StreamingSampler:
         if not self.use_cache:
             self.history.append((latents, state, actions, step))
         else:
-            ctx = self.context(step, actions) if context is None else context
+            ctx = self.context(step, actions)
             out = self.model(latents[:, None], self.model.normalize_state(state)[:, None],
                              torch.zeros(B, 1, device=self.device), actions[:, None], context=ctx,
                              frame_pos=torch.zeros(B, 1, device=self.device), return_kv=True)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from worldmodel.codec import DiffusersAutoencoderCodec, PixelCodec
 from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.diffusion import DiffusionConfig, FlowMatching, GeneratorState, sample_full_sequence
+from worldmodel.metrics import psnr
 from worldmodel.model import VideoDiT, build_config, make_model
 
 
@@ -121,12 +122,6 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
         camera_keys=clips.camera_keys, image_size=cfg.dataset.image_size, fps=clips.fps,
         pose_indices=list(cfg.dataset.pose_indices), codec=codec.description(), **clips.stats,
     )
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [-1, 1], per leading element (reduces the last three dims)."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean(dim=(-3, -2, -1))
-    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
 @torch.no_grad()
