@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import numpy as np
 import torch
 
 from worldmodel.metrics import bootstrap_ranking_metrics, mmrv, pearson, psnr, spearman, ssim
@@ -77,3 +78,21 @@ def test_open_loop_fidelity_per_view_and_horizon(tiny_world_model_dir, tiny_data
         assert all(0 < p < 60 for p in result["psnr"][key])
     with pytest.raises(ValueError, match="horizon"):
         open_loop_fidelity(world, clips, [0, 2], horizon=10)
+
+
+def test_revisit_frames_finds_returns_after_leaving():
+    from worldmodel.metrics import revisit_frames
+
+    a, far = np.zeros(3), np.array([0.3, 0.0, 0.0])
+    # Frames 0-4 at A, 5-14 far away, 15-19 back at A.
+    path = np.stack([a] * 5 + [far] * 10 + [a] * 5)
+    assert revisit_frames(path, min_gap=12).tolist() == [15, 16, 17, 18, 19]
+    # Too short an absence (the earlier view is still in the recent context): no revisit.
+    assert revisit_frames(path, min_gap=16).tolist() == [16, 17, 18, 19]
+    assert revisit_frames(path, min_gap=20).size == 0
+    # Staying near A the whole time is not a revisit, however long.
+    still = np.stack([a + 0.01 * np.sin(i) for i in range(40)])
+    assert revisit_frames(still, min_gap=12).size == 0
+    # Leaving only 5 cm (less than `away`) is not leaving.
+    short_trip = np.stack([a] * 5 + [np.array([0.05, 0, 0])] * 10 + [a] * 5)
+    assert revisit_frames(short_trip, min_gap=12).size == 0

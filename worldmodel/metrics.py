@@ -5,7 +5,8 @@ Ranking (policies' imagined success vs their real success):
     mmrv                       SIMPLER's mean maximum rank violation (lower is better)
     bootstrap_ranking_metrics  all three with percentile intervals, resampling episodes per policy
 
-Frames (imagined vs real, same initial state and actions): psnr, ssim (per image, any leading dims).
+Frames (imagined vs real, same initial state and actions): psnr, ssim (per image, any leading dims),
+open_loop_fidelity (per view and horizon), revisit_frames (where the arm comes back to a place it left).
 
 MMRV (Li et al., "Evaluating Real-World Robot Manipulation Policies in Simulation", 2024):
     RankViolation(i, j) = |R_i - R_j| * 1[(S_i < S_j) != (R_i < R_j)]
@@ -116,7 +117,9 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, wind
 @torch.no_grad()
 def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int) -> dict:
     """Replay recorded actions open loop from each episode's first frame and compare every imagined frame
-    with the real one: per view and per horizon (in world-model frames), mean PSNR and SSIM over episodes.
+    with the real one: per view and per horizon (in world-model frames), mean PSNR and SSIM over episodes
+    (`psnr`, `ssim`), and the same per episode (`psnr_per_episode`, `ssim_per_episode`: (B, horizon)).
+    `imagined_state` (B, horizon, S) is the state the model predicted for every frame.
 
     world: a `WorldModel` with batch_size == len(episode_positions); clips: a `ClipDataset` at the model's
     views, size and frame_stride (its cache holds the real frames and actions)."""
@@ -131,11 +134,34 @@ def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int)
     imagined = world.step(actions, return_all=True)
     steps = stride * np.arange(1, horizon + 1)
     out = {"horizon_frames": list(range(1, horizon + 1)),
-           "horizon_seconds": (steps / world.cfg.fps).tolist(), "psnr": {}, "ssim": {}}
+           "horizon_seconds": (steps / world.cfg.fps).tolist(), "psnr": {}, "ssim": {},
+           "psnr_per_episode": {}, "ssim_per_episode": {},
+           "imagined_state": imagined["observation.state"].cpu().numpy()}
     for v, key in enumerate(keys):
         real = torch.from_numpy(np.stack([cache.images[s + steps, v] for s in starts]))  # (B, H, h, w, 3)
         real = real.permute(0, 1, 4, 2, 3).float() / 127.5 - 1
         fake = imagined[key].cpu().permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-        out["psnr"][key] = psnr(fake, real).mean(0).tolist()
-        out["ssim"][key] = ssim(fake, real).mean(0).tolist()
+        per_episode_psnr, per_episode_ssim = psnr(fake, real), ssim(fake, real)  # (B, horizon)
+        out["psnr"][key] = per_episode_psnr.mean(0).tolist()
+        out["ssim"][key] = per_episode_ssim.mean(0).tolist()
+        out["psnr_per_episode"][key] = per_episode_psnr.numpy()
+        out["ssim_per_episode"][key] = per_episode_ssim.numpy()
     return out
+
+
+def revisit_frames(positions: np.ndarray, near: float = 0.03, away: float = 0.10, min_gap: int = 12) -> np.ndarray:
+    """Frames at which the arm is back at a place it left: frame t is a revisit when, for some earlier
+    frame s <= t - min_gap, the position at t is within `near` of the position at s and somewhere
+    between them the arm was farther than `away` from it. positions (T, P) (e.g. hand xyz per frame);
+    returns the sorted revisit frame indices. With min_gap larger than the sampler's recent frames, the
+    earlier view of that place is no longer in the recent context: only memory can bring it back."""
+    positions = np.asarray(positions, dtype=np.float64)
+    T = len(positions)
+    distance = np.linalg.norm(positions[:, None] - positions[None], axis=-1)  # (T, T)
+    revisits = []
+    for t in range(min_gap, T):
+        for s in range(t - min_gap + 1):
+            if distance[t, s] < near and distance[s + 1:t, s].max() > away:
+                revisits.append(t)
+                break
+    return np.asarray(revisits, dtype=np.int64)

@@ -39,6 +39,12 @@ class RecordConfig:
     vcodec: str = "libsvtav1"
     # Close the parquet writers every this many episodes: a hard kill loses at most this many.
     finalize_every: int = 25
+    # Waypoint tours: with probability `tour_prob`, the expert drives only the first `tour_after` steps
+    # of an episode and a tour of random hand waypoints, often returning to ones it visited before,
+    # drives the rest (up to env.max_episode_steps). Long tours give the fidelity benchmark its long
+    # horizons and revisits; a share of short ones teaches the model free arm motion. None: no tours.
+    tour_after: int | None = None
+    tour_prob: float = 1.0
 
 
 def dataset_features(env_cfg: MetaWorldConfig) -> dict:
@@ -70,8 +76,44 @@ def _init_worker(env_cfg_dict: dict) -> None:
     _worker_env = MetaWorldMultiViewEnv(MetaWorldConfig(**env_cfg_dict))
 
 
-def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: float) -> dict:
-    """One scripted-expert episode with this episode's own noise; returns stacked per-step arrays."""
+# Where the tour's waypoints are drawn from: MetaWorld's hand workspace above the table (metres).
+TOUR_LOW, TOUR_HIGH = np.array([-0.25, 0.45, 0.06]), np.array([0.25, 0.85, 0.30])
+
+
+class WaypointTour:
+    """Drive the hand through random waypoints, dwelling a few steps at each; with probability
+    `revisit_prob` the next waypoint is one already visited, so the arm leaves places and comes back."""
+
+    def __init__(self, rng: np.random.Generator, revisit_prob: float = 0.4, gain: float = 10.0):
+        self.rng, self.revisit_prob, self.gain = rng, revisit_prob, gain
+        self.visited: list[np.ndarray] = []
+        self.target, self.grip, self.dwell = None, -1.0, 0
+
+    def _next_target(self) -> None:
+        if len(self.visited) >= 2 and self.rng.random() < self.revisit_prob:
+            self.target = self.visited[int(self.rng.integers(len(self.visited) - 1))]  # not the current one
+        else:
+            self.target = self.rng.uniform(TOUR_LOW, TOUR_HIGH)
+            self.visited.append(self.target)
+        self.grip = float(self.rng.choice([-1.0, 1.0]))
+        self.dwell = int(self.rng.integers(4, 16))
+
+    def get_action(self, state: np.ndarray) -> np.ndarray:
+        if self.target is None:
+            self._next_target()
+        delta = self.target - state[:3]
+        if np.linalg.norm(delta) < 0.01:
+            self.dwell -= 1
+            if self.dwell <= 0:
+                self._next_target()
+                delta = self.target - state[:3]
+        return np.concatenate([np.clip(self.gain * delta, -1, 1), [self.grip]]).astype(np.float32)
+
+
+def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: float,
+                    tour_after: int | None = None, tour_prob: float = 1.0) -> dict:
+    """One scripted-expert episode (optionally ending in a waypoint tour) with this episode's own noise;
+    returns stacked per-step arrays."""
     from worldmodel.envs.metaworld import expert_policy_for
 
     rng = np.random.default_rng(episode_seed)
@@ -79,16 +121,24 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
     perturb = rng.random() < perturb_prob
     bias = rng.normal(0.0, 0.6, size=3) if perturb else np.zeros(3)
     bias_steps = int(rng.integers(10, 60)) if perturb else 0
+    tour_start = tour_after if tour_after is not None and rng.random() < tour_prob else None
     expert = expert_policy_for(env.config.task)
+    tour = WaypointTour(np.random.default_rng([episode_seed, 1]))
 
     obs, _ = env.reset(seed=episode_seed)
     frames = {k: [] for k in obs}
     actions, rewards, successes = [], [], []
     for step in range(env.config.max_episode_steps):
-        action = expert.get_action(obs["observation.state"].astype(np.float64)).astype(np.float32)
-        if step < bias_steps:
-            action[:3] += bias
-        action += rng.normal(0.0, noise_std, size=action.shape).astype(np.float32)
+        state = obs["observation.state"].astype(np.float64)
+        if tour_start is not None and step >= tour_start:
+            action = tour.get_action(state)
+            # Tours are for motion, not for the task: lighter noise, no bias.
+            action[:3] += rng.normal(0.0, 0.1 * noise_std, size=3).astype(np.float32)
+        else:
+            action = expert.get_action(state).astype(np.float32)
+            if step < bias_steps:
+                action[:3] += bias
+            action += rng.normal(0.0, noise_std, size=action.shape).astype(np.float32)
         action = np.clip(action, -1.0, 1.0)
         for k, v in obs.items():
             frames[k].append(v)
@@ -103,7 +153,7 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
     return episode
 
 
-def _worker_rollout(args: tuple[int, float, float]) -> dict:
+def _worker_rollout(args: tuple) -> dict:
     return rollout_episode(_worker_env, *args)
 
 
@@ -149,7 +199,8 @@ def record(cfg: RecordConfig) -> Path:
         print(f"{cfg.root}: already holds {start} episodes, nothing to record")
         return Path(cfg.root)
 
-    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob) for i in range(start, cfg.episodes)]
+    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob)
+            for i in range(start, cfg.episodes)]
     workers = cfg.workers or max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
     task = f"Push the puck to the goal ({cfg.env.task})"
 

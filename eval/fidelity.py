@@ -1,0 +1,241 @@
+"""Open-loop fidelity vs horizon, the value of each streaming mechanism, and the revisit test.
+
+    python -m eval.fidelity --model=pretrained/metaworld_push/tiny \
+        --dataset.root=outputs/datasets/metaworld_push_long --episodes=4 --run=cpu_tiny
+
+Held-out episodes (long waypoint tours recorded by `data.metaworld.record --tour_after=...`, never seen in
+training) are replayed open loop: the model starts from each episode's first real frame and is given
+the recorded actions only. Every imagined frame is compared with the real one (PSNR, SSIM, per view).
+In one run, with the same episodes and noise seed, these sampler variants:
+
+    full        rolling window + KV cache with attention sinks, recent frames and pose memory
+    no_memory   the same without pose memory (memory.k = 0)
+    no_sinks    the same without attention sinks (sink_frames = 0)
+    chunk       chunk-autoregressive (Self Forcing style) instead of rolling, everything else as full
+    copy_first  not a model: the first real frame repeated (what a model that draws nothing new scores)
+
+Revisit test: in the real episodes, the frames where the arm comes back (within 3 cm) to a place it
+left (more than 10 cm away) at least `revisit_min_gap` frames earlier, so the earlier view is out of
+the recent context and only pose memory can bring it back; PSNR/SSIM on those frames with and without
+memory (paired: the same frames, episodes and noise).
+
+Writes <results_dir>/fidelity_<run>.json and .md, and <output_dir>/fidelity_<run>.html (curves).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.memory import MemoryConfig
+from worldmodel.metrics import open_loop_fidelity, psnr, revisit_frames, ssim
+from worldmodel.model import VideoDiT
+from worldmodel.sampler import SamplerConfig
+from worldmodel.world import WorldModel
+
+# MetaWorld moves the hand by action[:3] / 100 per env step: the memory's "where will the arm be".
+METAWORLD_ACTION_TO_POSE = [[0.01, 0, 0, 0], [0, 0.01, 0, 0], [0, 0, 0.01, 0], [0, 0, 0, 0]]
+
+
+@dataclass
+class FidelityConfig:
+    model: str = "pretrained/metaworld_push/tiny"
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(root="outputs/datasets/metaworld_push_long",
+                                                                         repo_id="local/metaworld_push_long"))
+    episodes: int = 4  # held-out episodes (the first ones of the dataset)
+    horizons_s: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0])  # robot time
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
+        steps=4, window=4, sink_frames=1, recent_frames=4,
+        memory=MemoryConfig(k=2, capacity=64), action_to_pose=METAWORLD_ACTION_TO_POSE))
+    variants: list[str] = field(default_factory=lambda: ["full", "no_memory", "no_sinks", "chunk"])
+    revisit_near: float = 0.03
+    revisit_away: float = 0.10
+    revisit_min_gap: int = 12  # frames; more than the sampler's recent + window frames
+    seed: int = 0
+    run: str = "cpu"
+    results_dir: str = "eval/results"
+    output_dir: str = "outputs/fidelity"
+    device: str | None = None
+
+
+def variant_sampler(base: SamplerConfig, name: str) -> SamplerConfig:
+    if name == "full":
+        return base
+    if name == "no_memory":
+        return replace(base, memory=replace(base.memory, k=0))
+    if name == "no_sinks":
+        return replace(base, sink_frames=0)
+    if name == "chunk":
+        return replace(base, rolling=False)
+    raise ValueError(f"variants: unknown {name!r}; expected full, no_memory, no_sinks or chunk")
+
+
+def copy_first_frame(clips: ClipDataset, positions: list[int], horizon: int, stride: int) -> dict:
+    """The baseline that draws nothing new: PSNR/SSIM of the first real frame against every later one."""
+    cache = clips.cache
+    starts = cache.episode_start[positions]
+    steps = stride * np.arange(1, horizon + 1)
+    out = {"psnr_per_episode": {}, "ssim_per_episode": {}}
+    for v, key in enumerate(clips.camera_keys):
+        real = torch.from_numpy(np.stack([cache.images[s + steps, v] for s in starts])).permute(0, 1, 4, 2, 3)
+        first = torch.from_numpy(np.stack([cache.images[s, v] for s in starts])).permute(0, 3, 1, 2)
+        real, first = real.float() / 127.5 - 1, first[:, None].expand_as(real).float() / 127.5 - 1
+        out["psnr_per_episode"][key] = psnr(first, real).numpy()
+        out["ssim_per_episode"][key] = ssim(first, real).numpy()
+    return out
+
+
+def summarise(per_episode: dict, frames: list[int]) -> dict:
+    """{key: (B, horizon)} -> {key: [mean over episodes at each of `frames` (1-based)]} + all views."""
+    out = {key: [float(v[:, f - 1].mean()) for f in frames] for key, v in per_episode.items()}
+    out["mean_over_views"] = [float(np.mean([out[key][i] for key in per_episode])) for i in range(len(frames))]
+    return out
+
+
+def masked_mean(per_episode: dict, mask: np.ndarray) -> dict:
+    """{key: (B, horizon)}, mask (B, horizon) bool -> {key: mean over masked frames}."""
+    out = {key: float(v[mask].mean()) if mask.any() else float("nan") for key, v in per_episode.items()}
+    out["mean_over_views"] = float(np.mean([out[key] for key in per_episode]))
+    return out
+
+
+def fidelity(cfg: FidelityConfig) -> dict:
+    started = time.time()
+    model = VideoDiT.from_pretrained(cfg.model)
+    mc = model.cfg
+    fps = mc.fps / mc.frame_stride  # world-model frames per second of robot time
+    frames = [max(1, round(h * fps)) for h in cfg.horizons_s]
+    horizon = max(frames)
+    root = Path(cfg.dataset.root)
+    if not (root / "meta" / "info.json").exists():
+        raise FileNotFoundError(
+            f"dataset.root={root}: no dataset. Record held-out long tours first, e.g. python -m data.metaworld.record "
+            f"--root={root} --repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} "
+            f"--env.max_episode_steps={horizon * mc.frame_stride + mc.frame_stride} --tour_after=120 --seed=1000000")
+    dcfg = replace(cfg.dataset, camera_keys=list(mc.camera_keys), image_size=mc.image_size,
+                   frame_stride=mc.frame_stride, clip_frames=2, memory_frames=0,
+                   episodes=list(range(cfg.episodes)))
+    clips = ClipDataset(dcfg)
+    positions = list(range(cfg.episodes))
+    keys = list(mc.camera_keys)
+
+    variants, device = {}, None
+    for name in tqdm(cfg.variants, desc="fidelity variants", unit="variant"):
+        world = WorldModel(model, variant_sampler(cfg.sampler, name), batch_size=len(positions),
+                           device=cfg.device, seed=cfg.seed)
+        t0 = time.time()
+        variants[name] = open_loop_fidelity(world, clips, positions, horizon)
+        variants[name]["seconds"] = time.time() - t0
+        device = str(world.device)
+    variants["copy_first"] = copy_first_frame(clips, positions, horizon, mc.frame_stride)
+
+    # Revisits, from the real hand positions at every imagined frame.
+    cache = clips.cache
+    mask = np.zeros((len(positions), horizon), dtype=bool)
+    for b, s in enumerate(cache.episode_start[positions]):
+        hand = cache.states[s + mc.frame_stride * np.arange(1, horizon + 1), :3]
+        mask[b, revisit_frames(hand, cfg.revisit_near, cfg.revisit_away, cfg.revisit_min_gap)] = True
+
+    result = {
+        "run": cfg.run, "horizons_s": cfg.horizons_s, "horizons_frames": frames,
+        "model": {"path": cfg.model, "preset": mc.preset, "image_size": mc.image_size, "camera_keys": keys,
+                  "frame_stride": mc.frame_stride, "fps": mc.fps},
+        "dataset": str(root), "episodes": cfg.episodes, "sampler": asdict(cfg.sampler),
+        "variants": {}, "revisit": {"frames": int(mask.sum()), "near_m": cfg.revisit_near, "away_m": cfg.revisit_away,
+                                    "min_gap_frames": cfg.revisit_min_gap},
+        "device": device,
+    }
+    for name, r in variants.items():
+        entry = {"psnr": summarise(r["psnr_per_episode"], frames), "ssim": summarise(r["ssim_per_episode"], frames),
+                 "psnr_curve": {k: v.mean(0).round(3).tolist() for k, v in r["psnr_per_episode"].items()}}
+        if "seconds" in r:
+            entry["seconds"] = r["seconds"]
+        if "imagined_state" in r:  # hand position error (m) at each horizon
+            real_hand = np.stack([cache.states[s + mc.frame_stride * np.arange(1, horizon + 1), :3]
+                                  for s in cache.episode_start[positions]])
+            error = np.linalg.norm(r["imagined_state"][..., :3] - real_hand, axis=-1)  # (B, horizon)
+            entry["hand_error_m"] = [float(error[:, f - 1].mean()) for f in frames]
+        result["variants"][name] = entry
+    for name in ("full", "no_memory", "copy_first"):
+        if name in variants:
+            result["revisit"][name] = {"psnr": masked_mean(variants[name]["psnr_per_episode"], mask),
+                                       "ssim": masked_mean(variants[name]["ssim_per_episode"], mask)}
+    result["seconds"] = time.time() - started
+    result["command"] = (f"python -m eval.fidelity --model={cfg.model} --dataset.root={cfg.dataset.root} "
+                         f"--dataset.repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} --run={cfg.run}")
+    write_results(cfg, result)
+    return result
+
+
+def write_results(cfg: FidelityConfig, result: dict) -> None:
+    results_dir = Path(cfg.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"fidelity_{cfg.run}.json").write_text(json.dumps(result, indent=2))
+    horizons = " | ".join(f"{h:g} s" for h in result["horizons_s"])
+    lines = [f"# Open-loop fidelity: {result['run']}", "",
+             f"Model `{result['model']['path']}` ({result['model']['preset']}), {result['episodes']} held-out episodes "
+             f"of `{result['dataset']}`, recorded actions replayed open loop. PSNR (dB) / SSIM averaged over the "
+             f"views {', '.join(k.removeprefix('observation.images.') for k in result['model']['camera_keys'])} "
+             "(per-view numbers in the JSON).", "",
+             f"| variant | {horizons} | hand error at {result['horizons_s'][-1]:g} s |",
+             "| --- |" + " ---: |" * (len(result["horizons_s"]) + 1)]
+    for name, v in result["variants"].items():
+        cells = " | ".join(f"{p:.2f} / {s:.3f}" for p, s in zip(v["psnr"]["mean_over_views"], v["ssim"]["mean_over_views"]))
+        hand = f"{100 * v['hand_error_m'][-1]:.1f} cm" if "hand_error_m" in v else "-"
+        lines.append(f"| {name} | {cells} | {hand} |")
+    rv = result["revisit"]
+    lines += ["", f"Revisit test: {rv['frames']} frames where the arm is back within {100 * rv['near_m']:.0f} cm of a place "
+              f"it left (> {100 * rv['away_m']:.0f} cm away) at least {rv['min_gap_frames']} frames earlier.", "",
+              "| variant | PSNR on revisits | SSIM on revisits | gripperPOV PSNR |", "| --- | ---: | ---: | ---: |"]
+    for name in ("full", "no_memory", "copy_first"):
+        if name in rv:
+            pov = [v for k, v in rv[name]["psnr"].items() if k.endswith("gripperPOV")]
+            lines.append(f"| {name} | {rv[name]['psnr']['mean_over_views']:.2f} | "
+                         f"{rv[name]['ssim']['mean_over_views']:.3f} | {f'{pov[0]:.2f}' if pov else '-'} |")
+    lines += ["", f"`{result['command']}` ({result['seconds']:.0f} s on {result['device']})."]
+    (results_dir / f"fidelity_{result['run']}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    # A page with the PSNR curves (all views averaged) of every variant.
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    width, height, pad = 640, 320, 40
+    curves = {name: np.mean([np.asarray(c) for c in v["psnr_curve"].values()], axis=0)
+              for name, v in result["variants"].items()}
+    top = max(float(c.max()) for c in curves.values()) + 1
+    bottom = min(float(c.min()) for c in curves.values()) - 1
+    colors = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad", "#7f8c8d", "#d35400"]
+    paths = []
+    for (name, c), color in zip(curves.items(), colors):
+        xs = pad + np.arange(len(c)) / max(1, len(c) - 1) * (width - 2 * pad)
+        ys = pad + (top - c) / (top - bottom) * (height - 2 * pad)
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+        paths.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>'
+                     f'<text x="{width - pad + 4}" y="{ys[-1]:.1f}" fill="{color}" font-size="11">{name}</text>')
+    svg = (f'<svg width="{width + 80}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+           f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#888"/>'
+           f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle" font-size="11">imagined frame (robot time '
+           f'0 to {result["horizons_s"][-1]:g} s)</text><text x="4" y="{pad - 8}" font-size="11">PSNR {top:.0f} dB</text>'
+           f'<text x="4" y="{height - pad + 14}" font-size="11">{bottom:.0f} dB</text>{"".join(paths)}</svg>')
+    table = (results_dir / f"fidelity_{result['run']}.md").read_text()
+    (out / f"fidelity_{result['run']}.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>fidelity {result['run']}</title></head>"
+        f"<body style='font-family:sans-serif;margin:2em'><h1>Open-loop fidelity ({result['run']})</h1>{svg}"
+        f"<pre>{table}</pre></body></html>")
+
+
+def main() -> None:
+    import draccus
+
+    fidelity(draccus.parse(FidelityConfig))
+
+
+if __name__ == "__main__":
+    main()
