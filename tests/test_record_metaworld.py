@@ -61,3 +61,24 @@ def test_existing_dataset_with_other_features_is_refused(tiny_dataset_root, make
     cfg.env.image_size = 64
     with pytest.raises(ValueError, match="observation.images.corner"):
         record_module.record(cfg)
+
+
+def test_waypoint_tour_follows_the_expert_then_leaves_and_revisits():
+    from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
+    from worldmodel.metrics import revisit_frames
+
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=[], max_episode_steps=600))
+    toured = record_module.rollout_episode(env, 3, 0.3, 0.0, tour_after=40)
+    plain = record_module.rollout_episode(env, 3, 0.3, 0.0)
+    env.close()
+    assert len(toured["action"]) == 600 and len(plain["action"]) == 600
+    # Same seed: identical expert steps until the tour takes over, different motion afterwards.
+    np.testing.assert_array_equal(toured["action"][:40], plain["action"][:40])
+    assert not np.allclose(toured["action"][40:80], plain["action"][40:80])
+    hand = toured["observation.state"][::4, :3]  # world-model frames at stride 4
+    assert np.ptp(hand, axis=0).max() > 0.15  # the tour covers the workspace
+    assert revisit_frames(hand, min_gap=12).size > 0  # and comes back to places it left
+    # tour_prob 0: no tour at all.
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=[], max_episode_steps=100))
+    never = record_module.rollout_episode(env, 3, 0.3, 0.0, tour_after=40, tour_prob=0.0)
+    np.testing.assert_array_equal(never["action"], plain["action"][:100])

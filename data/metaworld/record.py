@@ -121,9 +121,11 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
     perturb = rng.random() < perturb_prob
     bias = rng.normal(0.0, 0.6, size=3) if perturb else np.zeros(3)
     bias_steps = int(rng.integers(10, 60)) if perturb else 0
-    tour_start = tour_after if tour_after is not None and rng.random() < tour_prob else None
+    # The tour draws from its own generator, so the expert part of an episode is the same with or without it.
+    tour_rng = np.random.default_rng([episode_seed, 1])
+    tour_start = tour_after if tour_after is not None and tour_rng.random() < tour_prob else None
+    tour = WaypointTour(tour_rng)
     expert = expert_policy_for(env.config.task)
-    tour = WaypointTour(np.random.default_rng([episode_seed, 1]))
 
     obs, _ = env.reset(seed=episode_seed)
     frames = {k: [] for k in obs}
