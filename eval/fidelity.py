@@ -34,14 +34,12 @@ import torch
 from tqdm import tqdm
 
 from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.envs.metaworld import ACTION_TO_POSE
 from worldmodel.memory import MemoryConfig
 from worldmodel.metrics import open_loop_fidelity, psnr, revisit_frames, ssim
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
-
-# MetaWorld moves the hand by action[:3] / 100 per env step: the memory's "where will the arm be".
-METAWORLD_ACTION_TO_POSE = [[0.01, 0, 0, 0], [0, 0.01, 0, 0], [0, 0, 0.01, 0], [0, 0, 0, 0]]
 
 
 @dataclass
@@ -53,7 +51,7 @@ class FidelityConfig:
     horizons_s: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0])  # robot time
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
         steps=4, window=4, sink_frames=1, recent_frames=4,
-        memory=MemoryConfig(k=2, capacity=64), action_to_pose=METAWORLD_ACTION_TO_POSE))
+        memory=MemoryConfig(k=2, capacity=64), action_to_pose=ACTION_TO_POSE))
     variants: list[str] = field(default_factory=lambda: ["full", "no_memory", "no_sinks", "chunk"])
     revisit_near: float = 0.03
     revisit_away: float = 0.10

@@ -185,12 +185,16 @@ def rank(cfg: RankConfig) -> dict:
                 for row, pair in enumerate(batch):
                     if pair in recorded:
                         recorded[pair].append({k: obs[k][row] for k in obs})
+        # A second opinion on every imagined ending: the simulator's own success rule applied to the state
+        # the model predicted (agreement with the judge says whether frames and state tell the same story).
+        state_rule = np.asarray(StateDistanceJudge()(None, obs["observation.state"][:, None])) >= 0.5
         with open(episodes_file, "a") as f:
             for row, (name, e) in enumerate(batch):
                 r = real[(name, e)]
                 record = {"policy": name, "episode": e, "seed": cfg.seed + e, "real_success": r["success"],
                           "imagined_success": bool(info["is_success"][row]),
                           "imagined_success_probability": float(info["success_probability"][row]),
+                          "state_rule_on_imagined": bool(state_rule[row]),
                           "judge_on_real": r["judge_on_real"], "real_reward_sum": r["reward_sum"],
                           "imagined_reward_sum": float(rewards[row])}
                 f.write(json.dumps(record) + "\n")
@@ -214,6 +218,11 @@ def rank(cfg: RankConfig) -> dict:
         "run": cfg.run, "policies": rows,
         "pearson": metrics["pearson"], "spearman": metrics["spearman"], "mmrv": metrics["mmrv"],
         "judge_accuracy": float(np.mean([r["judge_on_real"] == r["real_success"] for r in all_records])),
+        # On imagined episodes there is no ground truth; agreement with the state rule on the predicted state,
+        # and how often an imagined episode ends like its real twin (same start, same policy).
+        "judge_agreement_imagined": float(np.mean([r["imagined_success"] == r["state_rule_on_imagined"]
+                                                   for r in all_records])),
+        "episode_agreement": float(np.mean([r["imagined_success"] == r["real_success"] for r in all_records])),
         "model": {"path": cfg.model, "preset": model.cfg.preset, "image_size": model.cfg.image_size,
                   "camera_keys": keys, "frame_stride": stride},
         "judge": judge_name, "sampler": asdict(cfg.sampler), "episodes_per_policy": cfg.episodes,
@@ -230,7 +239,10 @@ def rank(cfg: RankConfig) -> dict:
               for r in rows]
     summary = [f"Pearson r {fmt(metrics['pearson'])}, Spearman rho {fmt(metrics['spearman'])}, "
                f"MMRV {fmt(metrics['mmrv'])} (95% bootstrap intervals over episodes); judge accuracy on real "
-               f"episodes {result['judge_accuracy']:.2f}. {cfg.episodes} episodes per policy."]
+               f"episodes {result['judge_accuracy']:.2f}; on imagined episodes the judge agrees with the success "
+               f"rule on the predicted state {result['judge_agreement_imagined']:.2f} of the time; imagined and "
+               f"real twin episodes end alike {result['episode_agreement']:.2f} of the time. "
+               f"{cfg.episodes} episodes per policy."]
     (results_dir / f"rank_{cfg.run}.md").write_text(
         f"# Policy ranking in imagination: {cfg.run}\n\nModel `{cfg.model}`, judge: {judge_name}.\n\n"
         + "\n".join(table) + "\n\n" + summary[0] + "\n")

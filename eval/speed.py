@@ -9,7 +9,7 @@ default (3 views, 64 px, pixel codec, frame_stride 4), one sampler setting. Repo
                      497-512 with 16-frame calls) of one long rollout: flat when the cache is bounded;
                      naive: the same around frame 50 (its cost grows with the history)
   peak_memory_mb     peak resident memory (CPU) or peak allocated memory (CUDA) of the long rollout
-  batched            frames/s with 1, 8, 64 parallel rollouts (rolling + cache)
+  batched            frames/s with 1, 8, 64 parallel rollouts (rolling + cache); the GPU recipe uses 1, 16, 128
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def main() -> None:
           f"| rolling + cache | {fps['rolling_cache']:.2f} |", f"| chunk-autoregressive + cache | {fps['chunk_cache']:.2f} |",
           f"| naive, no cache ({cfg.naive_horizon} frames) | {fps['naive']:.2f} |", "",
           "| measure | value |", "| --- | ---: |",
-          f"| rolling + cache, s/frame at frame 50 | {results['per_frame_s_at_50']:.4f} |",
-          f"| rolling + cache, s/frame at frame 500 | {results['per_frame_s_at_500']:.4f} |",
+          f"| rolling + cache, latency per frame at frame 50 (s) | {results['per_frame_s_at_50']:.4f} |",
+          f"| rolling + cache, latency per frame at frame 500 (s) | {results['per_frame_s_at_500']:.4f} |",
           f"| naive, s/frame at frame 50 | {results['naive_per_frame_s_at_50']:.4f} |",
           f"| naive, s/frame at frame {cfg.naive_horizon} | {results['naive_per_frame_s_last']:.4f} |",
           f"| peak memory (MB) | {results['peak_memory_mb']:.0f} |"]

@@ -19,8 +19,10 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
     assert [p["name"] for p in saved["policies"]] == ["expert", "random"]
     for p in saved["policies"]:
         assert set(p) >= {"name", "real_success", "imagined_success", "n_episodes"} and p["n_episodes"] == 2
-    for key in ("pearson", "spearman", "mmrv", "judge_accuracy", "model", "judge", "sampler"):
+    for key in ("pearson", "spearman", "mmrv", "judge_accuracy", "model", "judge", "sampler", "episode_agreement"):
         assert key in saved
+    # judge=None means the judge *is* the state rule: on imagined episodes they must agree every time.
+    assert saved["judge_agreement_imagined"] == 1.0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<svg" in html and html.count("data:image/gif;base64") == 2  # one video per policy
     info = json.loads((tmp_path / "out" / "eval_info.json").read_text())

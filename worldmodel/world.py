@@ -24,7 +24,8 @@ class WorldModel:
                  device=None, codec=None, seed: int = 0, compile: bool = False):
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-        self.model = model.to(self.device).eval()
+        # Weights may be shipped in fp16; sampling keeps fp32 weights (autocast runs bf16 math on CUDA).
+        self.model = model.to(self.device, torch.float32).eval()
         if compile and self.device.type == "cuda":
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
         self.cfg = model.cfg

@@ -38,6 +38,9 @@ STATE_NAMES = (
     + ["goal_x", "goal_y", "goal_z"]
 )
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+# (A, P): pose change per env action. MetaWorld moves the hand by action[:3] / 100 per step; the sampler's
+# memory uses it to ask "where will the arm be" (SamplerConfig.action_to_pose).
+ACTION_TO_POSE = [[0.01, 0, 0, 0], [0, 0.01, 0, 0], [0, 0, 0.01, 0], [0, 0, 0, 0]]
 CONTROL_FPS = 80  # MetaWorld: frame_skip 5 x timestep 0.0025 s
 
 
