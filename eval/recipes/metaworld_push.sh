@@ -17,13 +17,13 @@ cd "$(dirname "$0")/../.."
 SCALE=${SCALE:-gpu}
 if [[ $SCALE == smoke ]]; then
   : "${EPISODES:=6}" "${EPISODE_STEPS:=60}" "${TOUR_AFTER:=30}" "${LONG_EPISODES:=2}" "${HORIZONS:=[0.5,1.0]}"
-  : "${SMALL_STEPS:=4}" "${TINY_STEPS:=4}" "${BATCH:=2}" "${JUDGE_STEPS:=10}" "${JUDGE_VAL:=2}" "${RANK_EPISODES:=1}"
+  : "${SMALL_STEPS:=4}" "${TINY_STEPS:=4}" "${BATCH:=2}" "${JUDGE_STEPS:=10}" "${JUDGE_VAL:=2}" "${RANK_EPISODES:=1}" "${VAL_CLIPS:=1}"
   : "${SPEED_ARGS:=--short_horizon=4 --long_horizon=8 --naive_horizon=4 --call_frames=4 --batch_sizes=[1,2] --batched_frames=4}"
   : "${TRAIN_SPEED_ARGS:=--presets=[tiny] --steps=1}" "${IMPROVE:=0}" "${RUN:=smoke}" "${WORK:=outputs/recipe_smoke}"
   : "${DEST:=$WORK/pretrained}" "${RESULTS:=$WORK/results}" "${NUM_WORKERS:=0}"
 else
   : "${EPISODES:=400}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
-  : "${SMALL_STEPS:=6000}" "${TINY_STEPS:=4000}" "${BATCH:=64}" "${JUDGE_STEPS:=2000}" "${JUDGE_VAL:=20}" "${RANK_EPISODES:=20}"
+  : "${SMALL_STEPS:=6000}" "${TINY_STEPS:=4000}" "${BATCH:=64}" "${JUDGE_STEPS:=2000}" "${JUDGE_VAL:=20}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=16}"
   : "${SPEED_ARGS:=--preset=small --batch_sizes=[1,16,128]}" "${TRAIN_SPEED_ARGS:=}" "${IMPROVE:=1}" "${RUN:=gpu}"
   : "${WORK:=outputs/recipe}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
 fi
@@ -50,7 +50,7 @@ train() {  # name preset steps
   $PY -m worldmodel.train --dataset.root="$TRAIN_DATA" --model.preset="$2" --dataset.clip_frames=6 \
     --dataset.memory_frames=3 --train.steps="$3" --train.batch_size="$BATCH" --train.lr=1e-3 \
     --train.warmup_steps=$(( $3 / 20 + 1 )) --train.val_every=$(( $3 / 4 + 1 )) \
-    --train.checkpoint_every=$(( $3 / 8 + 1 )) --train.val_episodes=2 --train.num_workers="$NUM_WORKERS" \
+    --train.checkpoint_every=$(( $3 / 8 + 1 )) --train.val_episodes=2 --train.val_clips="$VAL_CLIPS" --train.num_workers="$NUM_WORKERS" \
     --output_dir="$out" --resume="$resume"
 }
 train small small "$SMALL_STEPS"
