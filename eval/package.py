@@ -31,6 +31,7 @@ class PackageConfig:
     results: list[str] = field(default_factory=list)  # eval/results/*.json to quote in the card
     gpu_time: str = "none (trained on a 2-core CPU)"
     note: str = ""  # anything the reader must know (e.g. "undertrained")
+    note_file: str | None = None  # the same from a file (markdown), appended to `note`
 
 
 def replace_folder(tmp: Path, final: Path) -> None:
@@ -64,6 +65,7 @@ def results_lines(paths: list[str]) -> list[str]:
 
 def package_model(cfg: PackageConfig) -> Path:
     train_dir = Path(cfg.train_dir)
+    note = " ".join(x for x in (cfg.note, Path(cfg.note_file).read_text().strip() if cfg.note_file else "") if x)
     model = VideoDiT.from_pretrained(train_dir / "model").to(torch.float16)
     dest = Path(cfg.dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,7 @@ def package_model(cfg: PackageConfig) -> Path:
     t, mc = train_config["train"], model.cfg
     card = [
         f"# worldmodel `{cfg.name}`: MetaWorld push-v3", "",
-        cfg.note, "",
+        note, "",
         f"An action-conditioned multi-view video diffusion transformer (`VideoDiT`, preset `{mc.preset}`, "
         f"{summary['parameters'] / 1e6:.1f} M parameters, {mc.hidden_size} wide, {mc.depth} blocks) over "
         f"{mc.num_views} views ({', '.join(k.removeprefix('observation.images.') for k in mc.camera_keys)}) at "
@@ -91,7 +93,9 @@ def package_model(cfg: PackageConfig) -> Path:
         "## Training",
         f"- {summary['steps']} steps, batch {t['train']['batch_size']}, {t['dataset']['clip_frames']} frames per clip "
         f"+ {t['dataset'].get('memory_frames', 0)} memory frames, lr {t['train']['lr']}, {summary['num_processes']} "
-        f"process(es), {summary['seconds'] / 60:.0f} minutes, {summary['clips_per_s']:.1f} clips/s.",
+        f"process(es), {summary['clips_per_s']:.1f} clips/s; "
+        + (f"the last segment (resumed at step {summary['resumed_from_step']}) took {summary['seconds'] / 60:.0f} minutes."
+           if summary.get("resumed_from_step") else f"{summary['seconds'] / 60:.0f} minutes."),
         f"- GPU time: {cfg.gpu_time}.",
         f"- Held-out validation PSNR: one step ahead {fmt(last_val.get('val/psnr_one_step'))} dB, open loop "
         f"{fmt(last_val.get('val/psnr_open_loop'))} dB.", "",
