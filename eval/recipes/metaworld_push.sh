@@ -9,8 +9,9 @@
 # cards) -> fidelity (horizons, ablations, revisits), ranking (all policies x RANK_EPISODES), streaming
 # speed (batched 1/16/128, naive), training throughput and MFU, the improvement loop -> model cards
 # rewritten with the results. Everything lands under $WORK (data, checkpoints, reports) and
-# eval/results/ + pretrained/metaworld_push (what is committed). Each step resumes or is skipped when its
-# output exists, so a rerun after an interruption continues where it stopped.
+# eval/results/ + pretrained/metaworld_push (what is committed). Recording, training and ranking resume,
+# the judge and fidelity runs are skipped when their output exists, so a rerun after an interruption
+# continues where it stopped; packaging and the speed benchmarks are short and simply run again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -67,6 +68,7 @@ $PY -m eval.package --judge_dir="$WORK/judge" --dest="$DEST" --gpu_time="$SCALE 
 
 step "4/7 fidelity: horizons, ablations, revisits"
 for name in small tiny; do
+  [[ -f $RESULTS/fidelity_${RUN}_$name.json ]] && { echo "fidelity $name: done"; continue; }
   $PY -m eval.fidelity --model="$DEST/$name" --dataset.root="$LONG_DATA" --dataset.repo_id=local/metaworld_push_long \
     --episodes="$LONG_EPISODES" --horizons_s="$HORIZONS" --run="${RUN}_$name" --results_dir="$RESULTS" \
     --output_dir="$WORK/fidelity"
@@ -74,7 +76,7 @@ done
 
 step "5/7 ranking: the whole policy family in imagination vs the simulator"
 $PY -m eval.rank --model="$DEST/small" --judge="$DEST/judge" --episodes="$RANK_EPISODES" --run="${RUN}_small" \
-  --results_dir="$RESULTS" --output_dir="$WORK/rank"
+  --results_dir="$RESULTS" --output_dir="$WORK/rank" --resume=true  # finished (policy, episode) pairs are kept
 
 step "6/7 speed: streaming (single, batched, naive) and training throughput / MFU"
 $PY -m eval.speed $SPEED_ARGS --output="$RESULTS/speed_$RUN.json"
