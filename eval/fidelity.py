@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.envs.metaworld import ACTION_TO_POSE
 from worldmodel.memory import MemoryConfig
-from worldmodel.metrics import open_loop_fidelity, psnr, revisit_frames, ssim
+from worldmodel.metrics import open_loop_fidelity, psnr, recorded_frames, revisit_frames, ssim
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
@@ -82,9 +81,8 @@ def copy_first_frame(clips: ClipDataset, positions: list[int], horizon: int, str
     steps = stride * np.arange(1, horizon + 1)
     out = {"psnr_per_episode": {}, "ssim_per_episode": {}}
     for v, key in enumerate(clips.camera_keys):
-        real = torch.from_numpy(np.stack([cache.images[s + steps, v] for s in starts])).permute(0, 1, 4, 2, 3)
-        first = torch.from_numpy(np.stack([cache.images[s, v] for s in starts])).permute(0, 3, 1, 2)
-        real, first = real.float() / 127.5 - 1, first[:, None].expand_as(real).float() / 127.5 - 1
+        real = recorded_frames(cache, starts, steps, v)
+        first = recorded_frames(cache, starts, [0], v).expand_as(real)
         out["psnr_per_episode"][key] = psnr(first, real).numpy()
         out["ssim_per_episode"][key] = ssim(first, real).numpy()
     return out
@@ -134,11 +132,12 @@ def fidelity(cfg: FidelityConfig) -> dict:
         device = str(world.device)
     variants["copy_first"] = copy_first_frame(clips, positions, horizon, mc.frame_stride)
 
-    # Revisits, from the real hand positions at every imagined frame.
+    # The real hand position at every imagined frame (B, horizon, 3): revisits and hand error.
     cache = clips.cache
+    real_hand = np.stack([cache.states[s + mc.frame_stride * np.arange(1, horizon + 1), :3]
+                          for s in cache.episode_start[positions]])
     mask = np.zeros((len(positions), horizon), dtype=bool)
-    for b, s in enumerate(cache.episode_start[positions]):
-        hand = cache.states[s + mc.frame_stride * np.arange(1, horizon + 1), :3]
+    for b, hand in enumerate(real_hand):
         mask[b, revisit_frames(hand, cfg.revisit_near, cfg.revisit_away, cfg.revisit_min_gap)] = True
 
     result = {
@@ -156,8 +155,6 @@ def fidelity(cfg: FidelityConfig) -> dict:
         if "seconds" in r:
             entry["seconds"] = r["seconds"]
         if "imagined_state" in r:  # hand position error (m) at each horizon
-            real_hand = np.stack([cache.states[s + mc.frame_stride * np.arange(1, horizon + 1), :3]
-                                  for s in cache.episode_start[positions]])
             error = np.linalg.norm(r["imagined_state"][..., :3] - real_hand, axis=-1)  # (B, horizon)
             entry["hand_error_m"] = [float(error[:, f - 1].mean()) for f in frames]
         result["variants"][name] = entry

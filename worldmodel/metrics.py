@@ -114,6 +114,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, wind
     return s.mean(dim=(-3, -2, -1)).reshape(lead)
 
 
+def recorded_frames(cache, starts, steps, view: int) -> torch.Tensor:
+    """Real frames of one view from a `ClipDataset` cache: env steps `steps` (n,) after each episode start
+    in `starts` (B,) -> (B, n, 3, H, W) float in [-1, 1]."""
+    frames = torch.from_numpy(np.stack([cache.images[s + np.asarray(steps), view] for s in starts]))
+    return frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+
 @torch.no_grad()
 def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int) -> dict:
     """Replay recorded actions open loop from each episode's first frame and compare every imagined frame
@@ -138,8 +145,7 @@ def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int)
            "psnr_per_episode": {}, "ssim_per_episode": {},
            "imagined_state": imagined["observation.state"].cpu().numpy()}
     for v, key in enumerate(keys):
-        real = torch.from_numpy(np.stack([cache.images[s + steps, v] for s in starts]))  # (B, H, h, w, 3)
-        real = real.permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        real = recorded_frames(cache, starts, steps, v)
         fake = imagined[key].cpu().permute(0, 1, 4, 2, 3).float() / 127.5 - 1
         per_episode_psnr, per_episode_ssim = psnr(fake, real), ssim(fake, real)  # (B, horizon)
         out["psnr"][key] = per_episode_psnr.mean(0).tolist()
