@@ -13,6 +13,12 @@ In one run, with the same episodes and noise seed, these sampler variants:
     no_sinks    the same without attention sinks (sink_frames = 0)
     chunk       chunk-autoregressive (Self Forcing style) instead of rolling, everything else as full
     copy_first  not a model: the first real frame repeated (what a model that draws nothing new scores)
+    state_ridge      not a model of pixels: ridge regression of the state change over one frame on (state,
+                     the frame's actions), fitted on the training set (`baseline_dataset`), rolled out open loop
+    state_kinematic  dead reckoning: hand += ACTION_TO_POSE x the summed actions, clipped to the hand's
+                     workspace in the training set; the object held still
+The state baselines and every model variant get `hand_error_m` and `object_error_m` (position error in
+metres at each horizon), so "it follows actions" is measured against the simplest things that could.
 
 Revisit test: in the real episodes, the frames where the arm comes back (within 3 cm) to a place it
 left (more than 10 cm away) at least `revisit_min_gap` frames earlier, so the earlier view is out of
@@ -33,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodel.dataset import ClipDataset, DatasetConfig
-from worldmodel.envs.metaworld import ACTION_TO_POSE
+from worldmodel.envs.metaworld import ACTION_TO_POSE, STATE_NAMES
 from worldmodel.memory import MemoryConfig
 from worldmodel.metrics import open_loop_fidelity, psnr, recorded_frames, revisit_frames, ssim
 from worldmodel.model import VideoDiT
@@ -52,6 +58,10 @@ class FidelityConfig:
         steps=4, window=4, sink_frames=1, recent_frames=4,
         memory=MemoryConfig(k=2, capacity=64), action_to_pose=ACTION_TO_POSE))
     variants: list[str] = field(default_factory=lambda: ["full", "no_memory", "no_sinks", "chunk"])
+    # The training set the state baselines are fitted on (None: no state baselines).
+    baseline_dataset: DatasetConfig | None = field(default_factory=lambda: DatasetConfig(
+        root="outputs/datasets/metaworld_push", repo_id="local/metaworld_push"))
+    ridge_alpha: float = 1.0
     revisit_near: float = 0.03
     revisit_away: float = 0.10
     revisit_min_gap: int = 12  # frames; more than the sampler's recent + window frames
@@ -86,6 +96,75 @@ def copy_first_frame(clips: ClipDataset, positions: list[int], horizon: int, str
         out["psnr_per_episode"][key] = psnr(first, real).numpy()
         out["ssim_per_episode"][key] = ssim(first, real).numpy()
     return out
+
+
+HAND = [STATE_NAMES.index(n) for n in ("hand_x", "hand_y", "hand_z")]
+OBJECT = [STATE_NAMES.index(n) for n in ("obj_x", "obj_y", "obj_z")]
+
+
+def frame_transitions(clips: ClipDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (state, the next frame's action chunk, next state) of a cache, frames `frame_stride` apart."""
+    cache, stride = clips.cache, clips.cfg.frame_stride
+    states, chunks, nexts = [], [], []
+    for start, length in zip(cache.episode_start, cache.episode_length):
+        steps = np.arange(0, length - stride, stride)
+        states.append(cache.states[start + steps])
+        chunks.append(np.stack([cache.actions[start + s:start + s + stride].reshape(-1) for s in steps]))
+        nexts.append(cache.states[start + steps + stride])
+    return np.concatenate(states), np.concatenate(chunks), np.concatenate(nexts)
+
+
+def fit_state_ridge(clips: ClipDataset, alpha: float):
+    """Ridge regression of the state change over one frame on standardised (state, action chunk)."""
+    states, chunks, nexts = frame_transitions(clips)
+    features = np.concatenate([states, chunks], axis=1).astype(np.float64)
+    mean, std = features.mean(0), np.maximum(features.std(0), 1e-6)
+    X = np.concatenate([(features - mean) / std, np.ones((len(features), 1))], axis=1)
+    W = np.linalg.solve(X.T @ X + alpha * np.eye(X.shape[1]), X.T @ (nexts - states))
+
+    def predict(state: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+        x = (np.concatenate([state, chunk.reshape(len(chunk), -1)], axis=1) - mean) / std
+        return state + np.concatenate([x, np.ones((len(x), 1))], axis=1) @ W
+
+    return predict
+
+
+def kinematic_model(clips: ClipDataset):
+    """Dead reckoning: the hand moves by ACTION_TO_POSE x the summed actions, clipped to the workspace the
+    hand reached in the training set; everything else (the object) is held still."""
+    action_to_hand = np.asarray(ACTION_TO_POSE, dtype=np.float64)[:, :3]  # (A, 3)
+    hand = clips.cache.states[:, HAND]
+    low, high = hand.min(0), hand.max(0)
+
+    def predict(state: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+        out = state.copy()
+        out[:, HAND] = np.clip(state[:, HAND] + chunk.sum(axis=1) @ action_to_hand, low, high)
+        return out
+
+    return predict
+
+
+def state_rollout(predict, clips: ClipDataset, positions: list[int], horizon: int) -> np.ndarray:
+    """Open-loop rollout of a state model over recorded actions -> predicted state (B, horizon, S)."""
+    cache, stride = clips.cache, clips.cfg.frame_stride
+    starts = cache.episode_start[positions]
+    state = cache.states[starts].astype(np.float64)
+    out = []
+    for f in range(horizon):
+        chunk = np.stack([cache.actions[s + f * stride:s + (f + 1) * stride] for s in starts])  # (B, stride, A)
+        state = predict(state, chunk)
+        out.append(state)
+    return np.stack(out, axis=1)
+
+
+def state_baselines(cfg: FidelityConfig, model_cfg, clips: ClipDataset, positions, horizon) -> dict:
+    """{"state_ridge": {"imagined_state": ...}, "state_kinematic": {...}} fitted on the training set."""
+    train = ClipDataset(replace(cfg.baseline_dataset, camera_keys=list(model_cfg.camera_keys),
+                                image_size=model_cfg.image_size, frame_stride=model_cfg.frame_stride,
+                                clip_frames=2, memory_frames=0))
+    return {"state_ridge": {"imagined_state": state_rollout(fit_state_ridge(train, cfg.ridge_alpha), clips,
+                                                            positions, horizon)},
+            "state_kinematic": {"imagined_state": state_rollout(kinematic_model(train), clips, positions, horizon)}}
 
 
 def summarise(per_episode: dict, frames: list[int]) -> dict:
@@ -131,11 +210,14 @@ def fidelity(cfg: FidelityConfig) -> dict:
         variants[name]["seconds"] = time.time() - t0
         device = str(world.device)
     variants["copy_first"] = copy_first_frame(clips, positions, horizon, mc.frame_stride)
+    if cfg.baseline_dataset is not None:
+        variants.update(state_baselines(cfg, mc, clips, positions, horizon))
 
-    # The real hand position at every imagined frame (B, horizon, 3): revisits and hand error.
+    # The real state at every imagined frame (B, horizon, S): revisits, hand and object error.
     cache = clips.cache
-    real_hand = np.stack([cache.states[s + mc.frame_stride * np.arange(1, horizon + 1), :3]
-                          for s in cache.episode_start[positions]])
+    real_state = np.stack([cache.states[s + mc.frame_stride * np.arange(1, horizon + 1)]
+                           for s in cache.episode_start[positions]])
+    real_hand = real_state[..., HAND]
     mask = np.zeros((len(positions), horizon), dtype=bool)
     for b, hand in enumerate(real_hand):
         mask[b, revisit_frames(hand, cfg.revisit_near, cfg.revisit_away, cfg.revisit_min_gap)] = True
@@ -150,13 +232,16 @@ def fidelity(cfg: FidelityConfig) -> dict:
         "device": device,
     }
     for name, r in variants.items():
-        entry = {"psnr": summarise(r["psnr_per_episode"], frames), "ssim": summarise(r["ssim_per_episode"], frames),
-                 "psnr_curve": {k: v.mean(0).round(3).tolist() for k, v in r["psnr_per_episode"].items()}}
+        entry = {}
+        if "psnr_per_episode" in r:
+            entry = {"psnr": summarise(r["psnr_per_episode"], frames), "ssim": summarise(r["ssim_per_episode"], frames),
+                     "psnr_curve": {k: v.mean(0).round(3).tolist() for k, v in r["psnr_per_episode"].items()}}
         if "seconds" in r:
             entry["seconds"] = r["seconds"]
-        if "imagined_state" in r:  # hand position error (m) at each horizon
-            error = np.linalg.norm(r["imagined_state"][..., :3] - real_hand, axis=-1)  # (B, horizon)
-            entry["hand_error_m"] = [float(error[:, f - 1].mean()) for f in frames]
+        if "imagined_state" in r:  # hand and object position error (m) at each horizon
+            for part, idx in (("hand", HAND), ("object", OBJECT)):
+                error = np.linalg.norm(r["imagined_state"][..., idx] - real_state[..., idx], axis=-1)  # (B, horizon)
+                entry[f"{part}_error_m"] = [float(error[:, f - 1].mean()) for f in frames]
         result["variants"][name] = entry
     for name in ("full", "no_memory", "copy_first"):
         if name in variants:
@@ -164,7 +249,9 @@ def fidelity(cfg: FidelityConfig) -> dict:
                                        "ssim": masked_mean(variants[name]["ssim_per_episode"], mask)}
     result["seconds"] = time.time() - started
     result["command"] = (f"python -m eval.fidelity --model={cfg.model} --dataset.root={cfg.dataset.root} "
-                         f"--dataset.repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} --run={cfg.run}")
+                         f"--dataset.repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} --run={cfg.run} "
+                         f"--horizons_s='{json.dumps(cfg.horizons_s)}' --variants='[{','.join(cfg.variants)}]' "
+                         f"--baseline_dataset.root={cfg.baseline_dataset.root if cfg.baseline_dataset else None}")
     write_results(cfg, result)
     return result
 
@@ -179,12 +266,14 @@ def write_results(cfg: FidelityConfig, result: dict) -> None:
              f"of `{result['dataset']}`, recorded actions replayed open loop. PSNR (dB) / SSIM averaged over the "
              f"views {', '.join(k.removeprefix('observation.images.') for k in result['model']['camera_keys'])} "
              "(per-view numbers in the JSON).", "",
-             f"| variant | {horizons} | hand error at {result['horizons_s'][-1]:g} s |",
-             "| --- |" + " ---: |" * (len(result["horizons_s"]) + 1)]
+             f"| variant | PSNR / SSIM at {horizons} | hand error (cm) | object error (cm) |",
+             "| --- |" + " ---: |" * (len(result["horizons_s"]) + 2)]
     for name, v in result["variants"].items():
-        cells = " | ".join(f"{p:.2f} / {s:.3f}" for p, s in zip(v["psnr"]["mean_over_views"], v["ssim"]["mean_over_views"]))
-        hand = f"{100 * v['hand_error_m'][-1]:.1f} cm" if "hand_error_m" in v else "-"
-        lines.append(f"| {name} | {cells} | {hand} |")
+        cells = (" | ".join(f"{p:.2f} / {s:.3f}" for p, s in zip(v["psnr"]["mean_over_views"], v["ssim"]["mean_over_views"]))
+                 if "psnr" in v else " | ".join("-" for _ in result["horizons_s"]))
+        hand = " / ".join(f"{100 * e:.1f}" for e in v["hand_error_m"]) if "hand_error_m" in v else "-"
+        obj = " / ".join(f"{100 * e:.1f}" for e in v["object_error_m"]) if "object_error_m" in v else "-"
+        lines.append(f"| {name} | {cells} | {hand} | {obj} |")
     rv = result["revisit"]
     lines += ["", f"Revisit test: {rv['frames']} frames where the arm is back within {100 * rv['near_m']:.0f} cm of a place "
               f"it left (> {100 * rv['away_m']:.0f} cm away) at least {rv['min_gap_frames']} frames earlier.", "",
@@ -203,7 +292,7 @@ def write_results(cfg: FidelityConfig, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     width, height, pad = 640, 320, 40
     curves = {name: np.mean([np.asarray(c) for c in v["psnr_curve"].values()], axis=0)
-              for name, v in result["variants"].items()}
+              for name, v in result["variants"].items() if "psnr_curve" in v}
     top = max(float(c.max()) for c in curves.values()) + 1
     bottom = min(float(c.min()) for c in curves.values()) - 1
     colors = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad", "#7f8c8d", "#d35400"]

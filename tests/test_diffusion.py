@@ -120,3 +120,29 @@ def test_training_with_memory_frames_uses_them(clips, tiny_dataset_root):
     assert abs(with_mem.item() - loss(None).item()) > 1e-4  # the memory frames reach the prediction
     invalid = {**memory, "valid": torch.zeros_like(memory["valid"])}
     torch.testing.assert_close(loss(invalid), loss(None))  # masked memory is no memory
+
+
+def test_clip_anchors_are_the_last_context_frame_for_future_frames_and_themselves_for_context():
+    from worldmodel.diffusion import clip_anchors
+
+    latents = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1, 1, 1, 1).expand(2, 4, 1, 3, 2, 2)
+    state = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    is_future = torch.tensor([[False, True, True, True], [False, False, False, True]])
+    anchor = clip_anchors(latents, state, is_future)
+    assert anchor["state"][..., 0].tolist() == [[0, 0, 0, 0], [4, 5, 6, 6]]
+    assert anchor["latents"][:, :, 0, 0, 0, 0].tolist() == [[0, 0, 0, 0], [4, 5, 6, 6]]
+
+
+def test_residual_models_always_train_with_a_clean_anchor():
+    torch.manual_seed(0)
+    fm = FlowMatching(DiffusionConfig(context_prob=0.5))
+    t, in_loss = fm.sample_noise_levels(2000, 6, "cpu", always_context=True)
+    assert (~in_loss[:, 0]).all() and in_loss[:, -1].all()
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True),
+                       num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+    with pytest.raises(ValueError, match="clip_frames"):
+        fm.loss(make_model(cfg), torch.zeros(2, 1, 1, 3, 8, 8), torch.zeros(2, 1, 39), torch.zeros(2, 1, 2, 4))
+    # A clip that does not change costs an untrained residual model nothing: it already copies the anchor.
+    loss, _ = fm.loss(make_model(cfg), torch.ones(2, 5, 1, 3, 8, 8) * 0.3, torch.ones(2, 5, 39) * 0.5,
+                      torch.randn(2, 5, 2, 4))
+    assert loss.item() == 0.0

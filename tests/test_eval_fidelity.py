@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from eval.fidelity import FidelityConfig, fidelity, variant_sampler
@@ -12,13 +13,24 @@ from worldmodel.sampler import SamplerConfig
 def test_fidelity_variants_horizons_and_report(tiny_world_model_dir, tiny_dataset_root, tmp_path):
     cfg = FidelityConfig(model=str(tiny_world_model_dir),
                          dataset=DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny"),
+                         baseline_dataset=DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny"),
                          episodes=2, horizons_s=[0.1, 0.4], sampler=SamplerConfig(steps=2, window=2, recent_frames=2),
                          run="tiny", results_dir=str(tmp_path / "results"), output_dir=str(tmp_path / "out"),
                          device="cpu")
     result = fidelity(cfg)
     assert result["horizons_frames"] == [2, 8]  # 20 world-model frames per second of robot time
-    assert set(result["variants"]) == {"full", "no_memory", "no_sinks", "chunk", "copy_first"}
+    assert set(result["variants"]) == {"full", "no_memory", "no_sinks", "chunk", "copy_first", "state_ridge",
+                                       "state_kinematic"}
+    for name in ("full", "chunk", "state_ridge", "state_kinematic"):  # position errors at every horizon
+        v = result["variants"][name]
+        assert len(v["hand_error_m"]) == 2 and len(v["object_error_m"]) == 2
+        assert all(np.isfinite(e) and e >= 0 for e in v["hand_error_m"] + v["object_error_m"])
+    for name in ("state_ridge", "state_kinematic"):  # fitted on these very episodes: close to the truth
+        assert max(result["variants"][name]["hand_error_m"]) < 0.05
+    assert "psnr" not in result["variants"]["state_ridge"]
     for name, v in result["variants"].items():
+        if name.startswith("state_"):
+            continue
         for metric in ("psnr", "ssim"):
             assert set(v[metric]) == {"observation.images.corner", "observation.images.gripperPOV", "mean_over_views"}
             assert all(len(x) == 2 for x in v[metric].values())
@@ -44,3 +56,42 @@ def test_variant_sampler_changes_one_mechanism_each():
     assert variant_sampler(base, "chunk").rolling is False
     with pytest.raises(ValueError, match="variants"):
         variant_sampler(base, "nothing")
+
+
+class _Cache:
+    """The parts of a ClipDataset cache the state baselines read."""
+
+    def __init__(self, states, actions, lengths):
+        self.states, self.actions = states, actions
+        self.episode_length = np.asarray(lengths)
+        self.episode_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
+
+class _Clips:
+    def __init__(self, cache, stride):
+        self.cache, self.cfg = cache, type("cfg", (), {"frame_stride": stride})()
+
+
+def test_state_baselines_recover_simple_dynamics():
+    from eval.fidelity import HAND, OBJECT, fit_state_ridge, kinematic_model, state_rollout
+
+    rng = np.random.default_rng(0)
+    stride, lengths = 4, [200, 200, 200]
+    actions = rng.uniform(-1, 1, (sum(lengths), 4)).astype(np.float32)
+    states = np.zeros((sum(lengths), 39), dtype=np.float32)
+    for start, length in zip(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths):
+        states[start, HAND] = rng.uniform(-0.1, 0.1, 3)
+        states[start, OBJECT] = [0.0, 0.7, 0.02]
+        for t in range(start + 1, start + length):  # the hand moves exactly as dead reckoning says
+            states[t] = states[t - 1]
+            states[t, HAND] = states[t - 1, HAND] + 0.01 * actions[t - 1, :3]
+    clips = _Clips(_Cache(states, actions, lengths), stride)
+    truth = np.stack([states[s + stride * np.arange(1, 11)] for s in clips.cache.episode_start])
+    for predict in (kinematic_model(clips), fit_state_ridge(clips, alpha=1e-6)):
+        rolled = state_rollout(predict, clips, [0, 1, 2], horizon=10)
+        assert rolled.shape == (3, 10, 39)
+        assert np.abs(rolled[..., HAND] - truth[..., HAND]).max() < 2e-3
+        assert np.abs(rolled[..., OBJECT] - truth[..., OBJECT]).max() < 2e-3
+    # Dead reckoning never leaves the workspace the hand reached in the data.
+    far = kinematic_model(clips)(states[:1].astype(np.float64), np.ones((1, stride, 4)) * 100)
+    assert (far[0, HAND] <= states[:, HAND].max(0) + 1e-6).all()

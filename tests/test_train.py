@@ -144,3 +144,22 @@ def test_two_processes_train_and_agree(tiny_dataset_root, tmp_path):
     first, second = summary["param_checksums_per_process"]
     assert first == second
     assert (out / "checkpoints" / "step_000006" / "random_states_1.pkl").exists()
+
+
+def test_a_time_budget_stops_training_and_counts_over_resumes(tiny_dataset_root, tmp_path):
+    out = tmp_path / "budget"
+    budget = {"train.max_minutes": 0.05, "train.checkpoint_every": 10**6, "train.val_every": 10**6,
+              "train.batch_size": 4}
+    train_main(train_args(tiny_dataset_root, out, 10**6, **budget))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert 0 < summary["steps"] < 10**6 and 3.0 <= summary["wall_seconds"] < 60
+    assert summary["device"].startswith("cpu")
+    latest = (out / "checkpoints" / "latest").read_text()  # the stop wrote a checkpoint and the model
+    assert latest == f"step_{summary['steps']:06d}" and (out / "model" / "config.json").exists()
+    state = json.loads((out / "checkpoints" / latest / "trainer_state.json").read_text())
+    assert state["step"] == summary["steps"] and state["wall_seconds"] >= 3.0
+    # Resumed with a larger budget, it trains only for what is left of it.
+    train_main(train_args(tiny_dataset_root, out, 10**6, **{**budget, "train.max_minutes": 0.1}, resume="true"))
+    resumed = json.loads((out / "train_summary.json").read_text())
+    assert resumed["resumed_from_step"] == summary["steps"] and resumed["steps"] > summary["steps"]
+    assert 6.0 <= resumed["wall_seconds"] < resumed["seconds"] + state["wall_seconds"] + 1

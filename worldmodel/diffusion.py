@@ -75,8 +75,10 @@ class FlowMatching:
     def __init__(self, config: DiffusionConfig | None = None):
         self.config = config or DiffusionConfig()
 
-    def sample_noise_levels(self, B: int, T: int, device, generator: torch.Generator | None = None):
-        """Returns t (B, T) and the loss mask (B, T): False for context frames."""
+    def sample_noise_levels(self, B: int, T: int, device, generator: torch.Generator | None = None,
+                            always_context: bool = False):
+        """Returns t (B, T) and the loss mask (B, T): False for context frames. `always_context`: every clip
+        has at least one context frame (a residual model needs a clean anchor to add its change to)."""
         cfg = self.config
 
         def rand(*shape):
@@ -85,7 +87,7 @@ class FlowMatching:
         t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(B, T, device=device, generator=generator))
         in_loss = torch.ones(B, T, dtype=torch.bool, device=device)
         if T > 1:
-            with_context = rand(B) < cfg.context_prob
+            with_context = rand(B) < (1.0 if always_context else cfg.context_prob)
             n_context = torch.randint(1, T, (B,), device=device, generator=generator)
             is_context = with_context[:, None] & (torch.arange(T, device=device)[None] < n_context[:, None])
             noisy_history = rand(B) < cfg.history_noise_prob
@@ -104,7 +106,12 @@ class FlowMatching:
         All randomness comes from `generator` (the trainer checkpoints its state, for exact resumes)."""
         B, T = latents.shape[:2]
         device = latents.device
-        t, in_loss = self.sample_noise_levels(B, T, device, generator)
+        mc = getattr(model, "module", model).cfg  # model may be wrapped (DDP)
+        uses_anchor = mc.predict_residual or mc.condition_on_state
+        if uses_anchor and T < 2:
+            raise ValueError("dataset.clip_frames: a model that predicts residuals or conditions on state needs clips "
+                             f"of at least 2 frames (a clean anchor and a frame to predict), got {T}")
+        t, in_loss = self.sample_noise_levels(B, T, device, generator, always_context=uses_anchor)
         noise_latents = torch.randn(latents.shape, device=device, generator=generator)
         noise_state = torch.randn(state0.shape, device=device, generator=generator)
         action_mask = torch.rand(B, device=device, generator=generator) >= self.config.action_dropout
@@ -112,7 +119,8 @@ class FlowMatching:
         if memory is not None:
             keep = torch.rand(B, device=device, generator=generator) >= self.config.memory_dropout
             memory = {**memory, "valid": memory["valid"] & keep[:, None]}
-        out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory)
+        anchor = clip_anchors(latents, state0, in_loss) if uses_anchor else None
+        out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
         min_t = self.config.min_t
         weight = in_loss.float()
         latent_err = (velocity(noisy_latents, out["latents"].float(), t, min_t)
@@ -126,12 +134,27 @@ class FlowMatching:
         return loss, {"loss": loss.detach(), "latent_loss": latent_loss.detach(), "state_loss": state_loss.detach()}
 
 
+def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Tensor) -> dict:
+    """Every frame's anchor in a clip whose context is a prefix: a context frame is its own anchor, a future
+    frame's is the last context frame (clean values). latents (B, T, ...), state (B, T, S), is_future (B, T)."""
+    B, T = is_future.shape
+    n_context = (~is_future).sum(dim=1, keepdim=True)  # (B, 1), >= 1
+    index = torch.minimum(torch.arange(T, device=latents.device)[None], n_context - 1)  # (B, T)
+
+    def gather(x):
+        return x.gather(1, index.reshape(B, T, *([1] * (x.ndim - 2))).expand_as(x))
+
+    return {"latents": gather(latents), "state": gather(state)}
+
+
 def guided_prediction(model, latents, state, t, actions, actions_is_pad, guidance_scale: float, **kwargs):
     """The model's clean-frame prediction, with classifier-free guidance on actions when guidance_scale != 1
     (guiding x0 is guiding the velocity: v is affine in x0 for fixed x_t and t)."""
     if guidance_scale == 1.0:
         return model(latents, state, t, actions, actions_is_pad, **kwargs)
     B = latents.shape[0]
+    if kwargs.get("anchor") is not None:
+        kwargs = {**kwargs, "anchor": {k: torch.cat([v, v]) for k, v in kwargs["anchor"].items()}}
     both = model(torch.cat([latents, latents]), torch.cat([state, state]), torch.cat([t, t]),
                  torch.cat([actions, actions]),
                  None if actions_is_pad is None else torch.cat([actions_is_pad, actions_is_pad]),
@@ -162,12 +185,15 @@ def sample_full_sequence(
     x = torch.randn((B, F_, *context_latents.shape[2:]), generator=generator, device=device)
     s = torch.randn((B, F_, model.cfg.state_dim), generator=generator, device=device)
     ctx_state = model.normalize_state(context_state)
+    is_future = torch.arange(K + F_, device=device)[None].expand(B, -1) >= K
+    # Anchors (for residual / state-conditioned models): the last context frame for every future frame.
+    anchor = clip_anchors(torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), is_future)
     levels = torch.linspace(1.0, 0.0, num_steps + 1, device=device)
     for i in range(num_steps):
         t_future = levels[i].expand(B, F_)
         t_all = torch.cat([torch.zeros(B, K, device=device), t_future], dim=1)
         out = guided_prediction(model, torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), t_all,
-                                actions, actions_is_pad, guidance_scale)
+                                actions, actions_is_pad, guidance_scale, anchor=anchor)
         # Euler step on the implied velocity; at the last step (t -> 0) this lands exactly on x0.
         keep = levels[i + 1] / levels[i]
         x = keep * x + (1 - keep) * out["latents"][:, K:]

@@ -38,6 +38,13 @@ class VideoDiTConfig:
     mlp_ratio: float = 4.0
     patch_size: int = 8
     rope_theta: float = 10000.0
+    # Predict change, not frames: every frame's latents and state are its anchor (the newest clean frame
+    # at or before it) plus the network's output. Zero-initialised outputs make an untrained model copy
+    # the anchor exactly, so training goes into motion instead of relearning the static scene (Delta-IRIS).
+    predict_residual: bool = False
+    # Each frame's adaLN conditioning also embeds its anchor's state (where the hand and the object are),
+    # so the effect of an action can be read off directly (Ctrl-World conditions on absolute poses).
+    condition_on_state: bool = False
     # On CUDA, block-causal attention runs through FlexAttention (compiled; skips fully masked blocks)
     # instead of SDPA with a dense boolean mask.
     flex_attention_on_cuda: bool = True
@@ -245,6 +252,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         action_in = cfg.frame_stride * (cfg.action_dim + 1)  # + a padding flag per env step
         self.action_embed = nn.Sequential(nn.Linear(action_in, D), nn.SiLU(), nn.Linear(D, D))
         self.null_action = nn.Parameter(torch.zeros(D))  # "no action given": dropout / guidance
+        if cfg.condition_on_state:
+            self.anchor_state_embed = nn.Sequential(nn.Linear(cfg.state_dim, D), nn.SiLU(), nn.Linear(D, D))
 
         self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta) for _ in range(cfg.depth)])
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -272,7 +281,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
         nn.init.normal_(self.view_embed, std=0.02)
         nn.init.normal_(self.state_token, std=0.02)
         nn.init.normal_(self.null_action, std=0.02)
-        for mlp in (self.noise_embed, self.action_embed):
+        embeddings = [self.noise_embed, self.action_embed]
+        if self.cfg.condition_on_state:
+            embeddings.append(self.anchor_state_embed)
+        for mlp in embeddings:
             nn.init.normal_(mlp[0].weight, std=0.02)
             nn.init.normal_(mlp[2].weight, std=0.02)
         # A camera pose only matters once training has learned to use it.
@@ -356,8 +368,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         return KVContext([merge(k) for k in out["kv"].keys], [merge(v) for v in out["kv"].values],
                          frame_pos.float().repeat_interleave(L, dim=1), valid.repeat_interleave(L, dim=1))
 
-    def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None):
-        """One vector per frame: noise level + that frame's own action chunk. -> (B, T, D)"""
+    def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None, anchor_state=None):
+        """One vector per frame: noise level + that frame's own action chunk (+ its anchor's state). -> (B, T, D)"""
         B, T = noise_level.shape
         if actions_is_pad is None:
             actions_is_pad = torch.zeros(actions.shape[:3], dtype=torch.bool, device=actions.device)
@@ -368,7 +380,20 @@ class VideoDiT(ModelMixin, ConfigMixin):
             keep = action_mask.reshape(B, -1).expand(B, T)[..., None]
             action_emb = torch.where(keep, action_emb, self.null_action.to(action_emb.dtype))
         noise_emb = self.noise_embed(sinusoidal_embedding(noise_level * 1000.0, 256))
+        if self.cfg.condition_on_state:
+            return noise_emb + action_emb + self.anchor_state_embed(anchor_state)
         return noise_emb + action_emb
+
+    def anchors(self, latents, state, noise_level, anchor):
+        """Per-frame anchors (latents (B, T, V, C, H, W), normalised state (B, T, S)): the newest clean frame
+        at or before each frame. Clean frames (a committed frame, a memory frame) are their own anchor, so
+        `anchor` may be left out when every frame is clean; frames being denoised need it given."""
+        if anchor is not None:
+            return anchor["latents"], anchor["state"]
+        if bool((noise_level > 0).any()):
+            raise ValueError("anchor: frames with noise_level > 0 need their anchor (the newest clean frame before "
+                             "them) when the model predicts residuals or conditions on state")
+        return latents, state
 
     def forward(
         self,
@@ -382,10 +407,13 @@ class VideoDiT(ModelMixin, ConfigMixin):
         camera_pose: torch.Tensor | None = None,  # (B, T, V, 12) world-to-camera extrinsics (3x4)
         context: KVContext | None = None,  # clean earlier frames, all visible
         memory: dict | None = None,  # retrieved frames, encoded alone: see encode_memory
+        anchor: dict | None = None,  # {"latents": (B, T, V, C, H, W), "state": (B, T, S) normalised}: see anchors
         return_kv: bool = False,
     ):
         cfg = self.cfg
         self.check_inputs(latents, state, noise_level, actions)
+        uses_anchor = cfg.predict_residual or cfg.condition_on_state
+        anchor_latents, anchor_state = self.anchors(latents, state, noise_level, anchor) if uses_anchor else (None, None)
         if memory is not None:
             context = KVContext.concat([self.encode_memory(**memory), context])
         B, T, V = latents.shape[:3]
@@ -401,7 +429,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         state_tok = (self.state_embed(state) + self.state_token)[:, :, None]  # (B, T, 1, D)
         x = torch.cat([x, state_tok], dim=2)  # (B, T, L, D)
 
-        c = self.frame_conditioning(noise_level, actions, actions_is_pad, action_mask)  # (B, T, D)
+        c = self.frame_conditioning(noise_level, actions, actions_is_pad, action_mask, anchor_state)  # (B, T, D)
 
         if frame_pos is None:
             start = context.frame_pos.max(dim=1, keepdim=True).values + 1 if context is not None else 0
@@ -427,7 +455,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
         image_x = x[:, :, :-1].reshape(B, T, V, N, -1)
         out_latents = rearrange(self.out_latent(image_x), "b t v (h w) (c p1 p2) -> b t v c (h p1) (w p2)",
                                 h=self.grid, p1=p, p2=p)
-        out = {"latents": out_latents, "state": self.out_state(x[:, :, -1])}  # (B,T,V,C,H,W), (B,T,S)
+        out_state = self.out_state(x[:, :, -1])  # (B, T, S)
+        if cfg.predict_residual:
+            out_latents, out_state = anchor_latents + out_latents, anchor_state + out_state
+        out = {"latents": out_latents, "state": out_state}  # (B,T,V,C,H,W), (B,T,S)
         if return_kv:
             out["kv"] = KVContext(new_keys, new_values, token_pos)
         return out

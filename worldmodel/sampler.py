@@ -84,6 +84,7 @@ class StreamingSampler:
         self.memory = PoseMemory(cfg.memory, B, self.latent_shape, mc.state_dim, len(self.pose_indices), dev)
         self.frames_done = torch.zeros(B, dtype=torch.long, device=dev)  # clean frames so far per rollout
         self.last_state = torch.zeros(B, mc.state_dim, device=dev)  # raw state of the newest clean frame
+        self.last_latents = torch.zeros(B, *self.latent_shape, device=dev)  # and its latents (the anchor)
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # naive mode
         self.passes = 0  # forward passes over new frames (for benchmarks)
 
@@ -196,6 +197,7 @@ class StreamingSampler:
         if cfg.memory.k > 0 and self.use_cache:
             self.memory.store(latents, state, state[:, self.pose_indices], step, active=active)
         self.last_state = torch.where(active[:, None], state, self.last_state)
+        self.last_latents = torch.where(active.reshape(B, 1, 1, 1, 1), latents, self.last_latents)
         self.frames_done = self.frames_done + active.long()
 
     # -- denoising -----------------------------------------------------------------------------------
@@ -203,8 +205,11 @@ class StreamingSampler:
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1."""
         B, F = t.shape
         pos = torch.arange(F, device=self.device).expand(B, F).float()
+        # Every frame being denoised is anchored on the newest clean frame, as future frames are in training.
+        anchor = {"latents": self.last_latents[:, None].expand(B, F, *self.latent_shape),
+                  "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1)}
         return guided_prediction(self.model, x, s, t, actions, None, self.config.guidance_scale,
-                                 frame_pos=pos, context=context)
+                                 frame_pos=pos, context=context, anchor=anchor)
 
     @torch.no_grad()
     def rollout(self, actions: torch.Tensor, generator: torch.Generator | None = None):

@@ -43,6 +43,8 @@ class ModelSpec:
     depth: int | None = None
     num_heads: int | None = None
     patch_size: int | None = None
+    predict_residual: bool | None = None  # None: the preset's choice (see VideoDiTConfig)
+    condition_on_state: bool | None = None
 
 
 @dataclass
@@ -57,6 +59,9 @@ class CodecSpec:
 @dataclass
 class LoopConfig:
     steps: int = 2000
+    # Stop after this much training wall time (summed over resumes), whichever of steps / time comes first;
+    # the final checkpoint and model are written as usual. None: steps alone decide.
+    max_minutes: float | None = None
     batch_size: int = 16
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -114,7 +119,8 @@ def make_codec(cfg: TrainConfig):
 
 def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
     spec = cfg.model
-    sizes = dict(hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads, patch_size=spec.patch_size)
+    sizes = dict(hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads, patch_size=spec.patch_size,
+                 predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
@@ -215,12 +221,18 @@ def train(cfg: TrainConfig) -> Path:
     diffusion = FlowMatching(cfg.diffusion)
     unwrapped = accelerator.unwrap_model(model)
 
-    step = 0
+    step, wall_before = 0, 0.0  # wall_before: training seconds of earlier runs of this output_dir
     if cfg.resume and latest_file.exists():
         name = latest_file.read_text().strip()
         accelerator.load_state(str(ckpt_root / name))
         step = int(name.split("_")[1])
+        trainer_state = ckpt_root / name / "trainer_state.json"
+        if trainer_state.exists():
+            wall_before = json.loads(trainer_state.read_text())["wall_seconds"]
         accelerator.print(f"resumed from {ckpt_root / name} at step {step}")
+
+    def wall_seconds() -> float:
+        return wall_before + time.time() - started
 
     def save_ema_model(directory: Path) -> None:
         unwrapped = accelerator.unwrap_model(model)
@@ -242,6 +254,7 @@ def train(cfg: TrainConfig) -> Path:
         if is_main:
             save_ema_model(tmp / "model")
             write_json_atomic(tmp / "train_config.json", resolved)
+            write_json_atomic(tmp / "trainer_state.json", {"step": step, "wall_seconds": wall_seconds()})
             shutil.rmtree(ckpt_root / name, ignore_errors=True)
             os.replace(tmp, ckpt_root / name)
             (ckpt_root / "latest.tmp").write_text(name)
@@ -284,7 +297,8 @@ def train(cfg: TrainConfig) -> Path:
     metrics_file = out / "metrics.jsonl"
     started, start_step, clips_seen = time.time(), step, 0
     data = batches(step)
-    while step < loop.steps:
+    out_of_time = False
+    while step < loop.steps and not out_of_time:
         batch = next(data)
         with accelerator.autocast():
             latents = batch["latents"] if "latents" in batch else codec.encode(batch["images"])
@@ -309,18 +323,23 @@ def train(cfg: TrainConfig) -> Path:
         clips_seen += batch["images"].shape[0] * accelerator.num_processes
         progress.update(1)
 
+        # Every process stops at the same step: the main process's clock decides.
+        if loop.max_minutes is not None:
+            over = torch.tensor(float(wall_seconds() >= 60 * loop.max_minutes), device=accelerator.device)
+            out_of_time = bool(accelerator.reduce(over, "max").item())
+        last = step == loop.steps or out_of_time
         record = {}
-        if step % loop.log_every == 0 or step == loop.steps:
+        if step % loop.log_every == 0 or last:
             record = {k: accelerator.reduce(v, "mean").item() for k, v in logs.items()}
             record["lr"] = scheduler.get_last_lr()[0]
             progress.set_postfix(loss=f"{record['loss']:.4f}")
-        if step % loop.val_every == 0 or step == loop.steps:
+        if step % loop.val_every == 0 or last:
             record.update(run_validation())
         if record and is_main:
             accelerator.log(record, step=step)
             with open(metrics_file, "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
-        if step % loop.checkpoint_every == 0 or step == loop.steps:
+        if step % loop.checkpoint_every == 0 or last:
             checkpoint()
     progress.close()
     elapsed = time.time() - started
@@ -335,7 +354,8 @@ def train(cfg: TrainConfig) -> Path:
         trained = step - start_step
         write_json_atomic(out / "train_summary.json", {
             "steps": step, "steps_this_run": trained, "resumed_from_step": start_step,
-            "num_processes": accelerator.num_processes, "seconds": elapsed,
+            "num_processes": accelerator.num_processes, "seconds": elapsed, "wall_seconds": wall_seconds(),
+            "device": accelerator.device.type if accelerator.device.type != "cpu" else f"cpu ({os.cpu_count()} cores)",
             "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,
             "parameters": sum(p.numel() for p in model.parameters()),
             "param_checksums_per_process": checksums,

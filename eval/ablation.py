@@ -1,0 +1,172 @@
+"""Which world-model design learns fastest on this machine: every variant trained from scratch for the same
+wall-clock budget on the same data, scored by the same open-loop fidelity on held-out long tours.
+
+    python -m eval.ablation --minutes=4 --run=cpu
+
+For each variant: `python -m worldmodel.train` with the variant's flags and `--train.max_minutes`, then
+`python -m eval.fidelity` (full sampler, copy-first and the two state baselines, at `horizons_s`) on the
+first `episodes` held-out tours. Variants whose fidelity result exists are skipped, so a rerun after an
+interruption continues; a variant whose training was interrupted resumes from its checkpoint (the budget
+counts training time over resumes). Writes <results_dir>/ablation_<run>.json and .md with every command.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# name -> (what changes, the flags beside COMMON_FLAGS). "today" is the design shipped before this study.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "today": ("tiny preset as shipped: 8x8 patches (193 tokens/frame), frames predicted whole, 3 memory frames, batch 8",
+              ["--model.patch_size=8", "--model.predict_residual=false", "--model.condition_on_state=false",
+               "--dataset.memory_frames=3", "--train.batch_size=8"]),
+    "residual": ("today + predict the change from the last clean frame (latents and state)",
+                 ["--model.patch_size=8", "--model.predict_residual=true", "--model.condition_on_state=false",
+                  "--dataset.memory_frames=3", "--train.batch_size=8"]),
+    "residual_p16": ("residual + 16x16 pixel patches (49 tokens/frame), batch 16",
+                     ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=false",
+                      "--dataset.memory_frames=3", "--train.batch_size=16"]),
+    "residual_p16_nomem": ("residual_p16 without memory frames in training (sink and pose memory never seen)",
+                           ["--model.patch_size=16", "--model.predict_residual=true",
+                            "--model.condition_on_state=false", "--dataset.memory_frames=0", "--train.batch_size=16"]),
+    "residual_p16_state": ("residual_p16 + each frame's adaLN conditioned on its anchor's state (hand, object)",
+                           ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+                            "--dataset.memory_frames=3", "--train.batch_size=16"]),
+    "residual_p16_state_w4": ("residual_p16_state with the state loss weighted 4x",
+                              ["--model.patch_size=16", "--model.predict_residual=true",
+                               "--model.condition_on_state=true", "--dataset.memory_frames=3",
+                               "--train.batch_size=16", "--diffusion.state_loss_weight=4.0"]),
+    "residual_p16_state_wide": ("residual_p16_state, 256 wide x 6 blocks instead of 192 x 4",
+                                ["--model.patch_size=16", "--model.predict_residual=true",
+                                 "--model.condition_on_state=true", "--dataset.memory_frames=3",
+                                 "--train.batch_size=16", "--model.hidden_size=256", "--model.depth=6"]),
+    "residual_p16_state_30ep": ("residual_p16_state trained on the first 30 episodes only (less data)",
+                                ["--model.patch_size=16", "--model.predict_residual=true",
+                                 "--model.condition_on_state=true", "--dataset.memory_frames=3",
+                                 "--train.batch_size=16", f"--dataset.episodes=[{','.join(map(str, range(30)))}]"]),
+}
+
+
+@dataclass
+class AblationConfig:
+    dataset_root: str = "outputs/datasets/metaworld_push"
+    repo_id: str = "local/metaworld_push"
+    long_root: str = "outputs/datasets/metaworld_push_long"
+    long_repo_id: str = "local/metaworld_push_long"
+    minutes: float = 4.0  # training wall-clock budget per variant
+    episodes: int = 4  # held-out tours scored
+    horizons_s: list[float] = field(default_factory=lambda: [1.0, 5.0])
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    lr: float = 1e-3
+    run: str = "cpu"
+    work_dir: str = "outputs/ablation"
+    results_dir: str = "eval/results"
+
+
+def train_command(cfg: AblationConfig, name: str) -> list[str]:
+    common = [f"--dataset.root={cfg.dataset_root}", f"--dataset.repo_id={cfg.repo_id}", "--model.preset=tiny",
+              "--dataset.clip_frames=6", f"--train.lr={cfg.lr}", "--train.schedule=constant_with_warmup",
+              "--train.warmup_steps=50", "--train.steps=1000000", f"--train.max_minutes={cfg.minutes}",
+              "--train.val_every=1000000", "--train.val_clips=4", "--train.val_episodes=2",
+              "--train.checkpoint_every=200", "--train.num_workers=0"]
+    return [sys.executable, "-m", "worldmodel.train", *common, *VARIANTS[name][1],
+            f"--output_dir={cfg.work_dir}/train/{name}"]
+
+
+def fidelity_command(cfg: AblationConfig, name: str) -> list[str]:
+    return [sys.executable, "-m", "eval.fidelity", f"--model={cfg.work_dir}/train/{name}/model",
+            f"--dataset.root={cfg.long_root}", f"--dataset.repo_id={cfg.long_repo_id}", f"--episodes={cfg.episodes}",
+            f"--horizons_s={json.dumps(cfg.horizons_s)}", "--variants=[full]",
+            f"--baseline_dataset.root={cfg.dataset_root}", f"--baseline_dataset.repo_id={cfg.repo_id}",
+            f"--run=ablation_{cfg.run}_{name}", f"--results_dir={cfg.work_dir}/fidelity",
+            f"--output_dir={cfg.work_dir}/fidelity"]
+
+
+def run_variant(cfg: AblationConfig, name: str) -> dict:
+    out = Path(cfg.work_dir) / "train" / name
+    fidelity_file = Path(cfg.work_dir) / "fidelity" / f"fidelity_ablation_{cfg.run}_{name}.json"
+    if not fidelity_file.exists():
+        if not (out / "model" / "config.json").exists():
+            resume = (out / "checkpoints" / "latest").exists()
+            subprocess.run(train_command(cfg, name) + [f"--resume={str(resume).lower()}"], check=True)
+        subprocess.run(fidelity_command(cfg, name), check=True)
+    summary = json.loads((out / "train_summary.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"description": VARIANTS[name][0], "flags": VARIANTS[name][1],
+            "train": {"steps": summary["steps"], "wall_seconds": summary["wall_seconds"],
+                      "clips_per_s": summary["clips_per_s"], "parameters": summary["parameters"],
+                      "final_loss": next((m["loss"] for m in reversed(metrics) if "loss" in m), None)},
+            "fidelity": json.loads(fidelity_file.read_text()),
+            "commands": [" ".join(train_command(cfg, name)[1:]), " ".join(fidelity_command(cfg, name)[1:])]}
+
+
+def write_results(cfg: AblationConfig, results: dict) -> None:
+    out = Path(cfg.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ablation_{cfg.run}.json").write_text(json.dumps(results, indent=2))
+    hs = cfg.horizons_s
+    head = (" | ".join(f"PSNR {h:g} s" for h in hs) + " | " + " | ".join(f"SSIM {h:g} s" for h in hs) + " | "
+            + " | ".join(f"hand {h:g} s" for h in hs) + " | " + " | ".join(f"object {h:g} s" for h in hs))
+    lines = [f"# Design ablation on CPU ({cfg.run})", "",
+             f"Every variant trained from scratch for **{cfg.minutes:g} minutes** of wall-clock time on "
+             f"`{cfg.dataset_root}` (2 episodes held out), then replayed open loop on the first {cfg.episodes} "
+             f"held-out tours of `{cfg.long_root}` (full streaming sampler). PSNR/SSIM are means over the views; "
+             "hand and object errors are in cm. Baselines in the same run: copy the first frame, and two "
+             "state-only models (ridge regression, dead reckoning).", "",
+             f"| variant | steps | clips/s | {head} |", "| --- | ---: | ---: |" + " ---: |" * (4 * len(hs))]
+
+    def row(name: str, steps: str, rate: str, v: dict) -> str:
+        def cells(values, fmt):
+            return " | ".join(fmt(x) for x in values) if values is not None else " | ".join("-" for _ in hs)
+        psnr = v.get("psnr", {}).get("mean_over_views")
+        ssim = v.get("ssim", {}).get("mean_over_views")
+        return (f"| {name} | {steps} | {rate} | {cells(psnr, lambda x: f'{x:.2f}')} | {cells(ssim, lambda x: f'{x:.3f}')} | "
+                f"{cells(v.get('hand_error_m'), lambda x: f'{100 * x:.1f}')} | "
+                f"{cells(v.get('object_error_m'), lambda x: f'{100 * x:.1f}')} |")
+
+    baselines = None
+    for name, r in results["variants"].items():
+        lines.append(row(name, str(r["train"]["steps"]), f"{r['train']['clips_per_s']:.1f}",
+                         r["fidelity"]["variants"]["full"]))
+        baselines = r["fidelity"]["variants"]
+    for name in ("copy_first", "state_ridge", "state_kinematic"):
+        if baselines and name in baselines:
+            lines.append(row(f"*{name}*", "-", "-", baselines[name]))
+    lines += ["", "| variant | what it changes |", "| --- | --- |"]
+    lines += [f"| {name} | {r['description']} |" for name, r in results["variants"].items()]
+    lines += ["", "Commands (each variant: train, then fidelity):", ""]
+    for name, r in results["variants"].items():
+        lines += [f"- {name}:", f"  `{r['commands'][0]}`", f"  `{r['commands'][1]}`"]
+    lines += ["", f"All variants: `python -m eval.ablation --minutes={cfg.minutes:g} --episodes={cfg.episodes} "
+              f"--run={cfg.run}` ({results['seconds']:.0f} s in all, {results['device']})."]
+    (out / f"ablation_{cfg.run}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def ablation(cfg: AblationConfig) -> dict:
+    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    started = time.time()
+    results = {"run": cfg.run, "minutes": cfg.minutes, "variants": {}}
+    for name in cfg.variants:
+        print(f"== ablation variant {name}: {VARIANTS[name][0]}", flush=True)
+        results["variants"][name] = run_variant(cfg, name)
+        results["seconds"] = time.time() - started
+        results["device"] = results["variants"][name]["fidelity"]["device"]
+        write_results(cfg, results)  # after every variant: an interrupted study still shows what it has
+    return results
+
+
+def main() -> None:
+    import draccus
+
+    ablation(draccus.parse(AblationConfig))
+
+
+if __name__ == "__main__":
+    main()
