@@ -23,31 +23,30 @@ from pathlib import Path
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "today": ("tiny preset as shipped: 8x8 patches (193 tokens/frame), frames predicted whole, 3 memory frames, batch 8",
               ["--model.patch_size=8", "--model.predict_residual=false", "--model.condition_on_state=false",
-               "--dataset.memory_frames=3", "--train.batch_size=8"]),
+               "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
     "residual": ("today + predict the change from the last clean frame (latents and state)",
                  ["--model.patch_size=8", "--model.predict_residual=true", "--model.condition_on_state=false",
-                  "--dataset.memory_frames=3", "--train.batch_size=8"]),
+                  "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
     "residual_p16": ("residual + 16x16 pixel patches (49 tokens/frame), batch 16",
                      ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=false",
-                      "--dataset.memory_frames=3", "--train.batch_size=16"]),
+                      "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
     "residual_p16_nomem": ("residual_p16 without memory frames in training (sink and pose memory never seen)",
                            ["--model.patch_size=16", "--model.predict_residual=true",
-                            "--model.condition_on_state=false", "--dataset.memory_frames=0", "--train.batch_size=16"]),
+                            "--model.condition_on_state=false", "--dataset.memory_frames=0", "--train.batch_size=16",
+                            "--diffusion.noisy_anchor=false"]),
     "residual_p16_state": ("residual_p16 + each frame's adaLN conditioned on its anchor's state (hand, object)",
                            ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
-                            "--dataset.memory_frames=3", "--train.batch_size=16"]),
-    "residual_p16_state_w4": ("residual_p16_state with the state loss weighted 4x",
-                              ["--model.patch_size=16", "--model.predict_residual=true",
-                               "--model.condition_on_state=true", "--dataset.memory_frames=3",
-                               "--train.batch_size=16", "--diffusion.state_loss_weight=4.0"]),
-    "residual_p16_state_wide": ("residual_p16_state, 256 wide x 6 blocks instead of 192 x 4",
-                                ["--model.patch_size=16", "--model.predict_residual=true",
-                                 "--model.condition_on_state=true", "--dataset.memory_frames=3",
-                                 "--train.batch_size=16", "--model.hidden_size=256", "--model.depth=6"]),
-    "residual_p16_state_30ep": ("residual_p16_state trained on the first 30 episodes only (less data)",
-                                ["--model.patch_size=16", "--model.predict_residual=true",
-                                 "--model.condition_on_state=true", "--dataset.memory_frames=3",
-                                 "--train.batch_size=16", f"--dataset.episodes=[{','.join(map(str, range(30)))}]"]),
+                            "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
+    "residual_p16_state_noisy_anchor": (
+        "residual_p16_state, future frames anchored on the context frame as the network sees it (history "
+        "noise up to t=0.3 in half the clips), so the change also corrects a corrupted anchor",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true"]),
+    "residual_p16_state_noisy_anchor_lr3e-4": (
+        "residual_p16_state_noisy_anchor with lr 3e-4 instead of 1e-3 (a residual model starts near a good "
+        "solution, where Adam's normalised steps of size lr are mostly noise)",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4"]),
 }
 
 
@@ -57,7 +56,7 @@ class AblationConfig:
     repo_id: str = "local/metaworld_push"
     long_root: str = "outputs/datasets/metaworld_push_long"
     long_repo_id: str = "local/metaworld_push_long"
-    minutes: float = 4.0  # training wall-clock budget per variant
+    minutes: float = 3.0  # training wall-clock budget per variant
     episodes: int = 4  # held-out tours scored
     horizons_s: list[float] = field(default_factory=lambda: [1.0, 5.0])
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
@@ -80,7 +79,7 @@ def train_command(cfg: AblationConfig, name: str) -> list[str]:
 def fidelity_command(cfg: AblationConfig, name: str) -> list[str]:
     return [sys.executable, "-m", "eval.fidelity", f"--model={cfg.work_dir}/train/{name}/model",
             f"--dataset.root={cfg.long_root}", f"--dataset.repo_id={cfg.long_repo_id}", f"--episodes={cfg.episodes}",
-            f"--horizons_s={json.dumps(cfg.horizons_s)}", "--variants=[full]",
+            f"--horizons_s={json.dumps(cfg.horizons_s)}", "--variants=[full,one_step]",
             f"--baseline_dataset.root={cfg.dataset_root}", f"--baseline_dataset.repo_id={cfg.repo_id}",
             f"--run=ablation_{cfg.run}_{name}", f"--results_dir={cfg.work_dir}/fidelity",
             f"--output_dir={cfg.work_dir}/fidelity"]
@@ -116,7 +115,9 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
              f"`{cfg.dataset_root}` (2 episodes held out), then replayed open loop on the first {cfg.episodes} "
              f"held-out tours of `{cfg.long_root}` (full streaming sampler). PSNR/SSIM are means over the views; "
              "hand and object errors are in cm. Baselines in the same run: copy the first frame, and two "
-             "state-only models (ridge regression, dead reckoning).", "",
+             "state-only models (ridge regression, dead reckoning). Each model is scored twice: with the default "
+             "sampler (4 denoising steps per frame, rolling window 4, sink, 4 recent frames, pose memory k=2) and "
+             "with 1 step per frame (the network's conditional-mean estimate).", "",
              f"| variant | steps | clips/s | {head} |", "| --- | ---: | ---: |" + " ---: |" * (4 * len(hs))]
 
     def row(name: str, steps: str, rate: str, v: dict) -> str:
@@ -132,6 +133,8 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
     for name, r in results["variants"].items():
         lines.append(row(name, str(r["train"]["steps"]), f"{r['train']['clips_per_s']:.1f}",
                          r["fidelity"]["variants"]["full"]))
+        if "one_step" in r["fidelity"]["variants"]:
+            lines.append(row(f"{name}, 1 sampling step", "", "", r["fidelity"]["variants"]["one_step"]))
         baselines = r["fidelity"]["variants"]
     for name in ("copy_first", "state_ridge", "state_kinematic"):
         if baselines and name in baselines:
@@ -142,7 +145,8 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
     for name, r in results["variants"].items():
         lines += [f"- {name}:", f"  `{r['commands'][0]}`", f"  `{r['commands'][1]}`"]
     lines += ["", f"All variants: `python -m eval.ablation --minutes={cfg.minutes:g} --episodes={cfg.episodes} "
-              f"--run={cfg.run}` ({results['seconds']:.0f} s in all, {results['device']})."]
+              f"--run={cfg.run} --variants='[{','.join(cfg.variants)}]'` ({results['seconds']:.0f} s of this "
+              f"invocation, {results['device']}; variants already scored are read back, not rerun)."]
     (out / f"ablation_{cfg.run}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,6 +12,8 @@ In one run, with the same episodes and noise seed, these sampler variants:
     no_memory   the same without pose memory (memory.k = 0)
     no_sinks    the same without attention sinks (sink_frames = 0)
     chunk       chunk-autoregressive (Self Forcing style) instead of rolling, everything else as full
+    one_step    (optional) one denoising step per frame: the network's clean-frame estimate from pure
+                noise, i.e. its conditional mean (blurrier where the future is uncertain, no sampling noise)
     copy_first  not a model: the first real frame repeated (what a model that draws nothing new scores)
     state_ridge      not a model of pixels: ridge regression of the state change over one frame on (state,
                      the frame's actions), fitted on the training set (`baseline_dataset`), rolled out open loop
@@ -81,7 +83,9 @@ def variant_sampler(base: SamplerConfig, name: str) -> SamplerConfig:
         return replace(base, sink_frames=0)
     if name == "chunk":
         return replace(base, rolling=False)
-    raise ValueError(f"variants: unknown {name!r}; expected full, no_memory, no_sinks or chunk")
+    if name == "one_step":
+        return replace(base, steps=1, window=1)
+    raise ValueError(f"variants: unknown {name!r}; expected full, no_memory, no_sinks, chunk or one_step")
 
 
 def copy_first_frame(clips: ClipDataset, positions: list[int], horizon: int, stride: int) -> dict:

@@ -60,6 +60,13 @@ def results_lines(paths: list[str]) -> list[str]:
             cells = ", ".join(f"{h:g} s {p:.1f} dB" for h, p in zip(r["horizons_s"], full["psnr"]["mean_over_views"]))
             base = ", ".join(f"{p:.1f}" for p in copy["psnr"]["mean_over_views"]) if copy else "-"
             lines.append(f"- Open-loop PSNR, mean over views (`{path}`): {cells} (copying the first frame: {base} dB).")
+            for part in ("hand", "object"):
+                if f"{part}_error_m" in full:
+                    errors = {name: v[f"{part}_error_m"] for name, v in r["variants"].items()
+                              if name in ("full", "state_ridge", "state_kinematic") and f"{part}_error_m" in v}
+                    lines.append(f"- {part.capitalize()} position error (cm) at " + ", ".join(f"{h:g}" for h in r["horizons_s"])
+                                 + " s: " + "; ".join(f"{name} " + " / ".join(f"{100 * e:.1f}" for e in v)
+                                                       for name, v in errors.items()) + ".")
     return lines
 
 
@@ -75,6 +82,7 @@ def package_model(cfg: PackageConfig) -> Path:
     train_config = json.loads((train_dir / "train_config.json").read_text())
     (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
     summary = json.loads((train_dir / "train_summary.json").read_text())
+    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
     metrics = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     validation = [m for m in metrics if "val/psnr_open_loop" in m]
     last_val = validation[-1] if validation else {}
@@ -94,8 +102,9 @@ def package_model(cfg: PackageConfig) -> Path:
         f"- {summary['steps']} steps, batch {t['train']['batch_size']}, {t['dataset']['clip_frames']} frames per clip "
         f"+ {t['dataset'].get('memory_frames', 0)} memory frames, lr {t['train']['lr']}, {summary['num_processes']} "
         f"process(es), {summary['clips_per_s']:.1f} clips/s; "
-        + (f"the last segment (resumed at step {summary['resumed_from_step']}) took {summary['seconds'] / 60:.0f} minutes."
-           if summary.get("resumed_from_step") else f"{summary['seconds'] / 60:.0f} minutes."),
+        f"{summary.get('wall_seconds', summary['seconds']) / 60:.0f} minutes of training wall time in all"
+        + (f" (resumed at step {summary['resumed_from_step']})" if summary.get("resumed_from_step") else "")
+        + f" on {summary.get('device', 'an unrecorded device')} (`train_summary.json`).",
         f"- GPU time: {cfg.gpu_time}.",
         f"- Held-out validation PSNR: one step ahead {fmt(last_val.get('val/psnr_one_step'))} dB, open loop "
         f"{fmt(last_val.get('val/psnr_open_loop'))} dB.", "",

@@ -214,6 +214,13 @@ def rank(cfg: RankConfig) -> dict:
         [[done[(n, e)]["real_success"] for e in range(cfg.episodes)] for n in names],
         [[done[(n, e)]["imagined_success"] for e in range(cfg.episodes)] for n in names], n_boot=cfg.n_boot)
     all_records = [done[(n, e)] for n in names for e in range(cfg.episodes)]
+    # The same ranking with the simulator's own success rule read off the predicted state instead of the judge.
+    state_rule_metrics = bootstrap_ranking_metrics(
+        [[done[(n, e)]["real_success"] for e in range(cfg.episodes)] for n in names],
+        [[done[(n, e)]["state_rule_on_imagined"] for e in range(cfg.episodes)] for n in names], n_boot=cfg.n_boot)
+    for row in rows:
+        row["imagined_success_state_rule"] = float(np.mean([done[(row["name"], e)]["state_rule_on_imagined"]
+                                                            for e in range(cfg.episodes)]))
     result = {
         "run": cfg.run, "policies": rows,
         "pearson": metrics["pearson"], "spearman": metrics["spearman"], "mmrv": metrics["mmrv"],
@@ -223,6 +230,10 @@ def rank(cfg: RankConfig) -> dict:
         "judge_agreement_imagined": float(np.mean([r["imagined_success"] == r["state_rule_on_imagined"]
                                                    for r in all_records])),
         "episode_agreement": float(np.mean([r["imagined_success"] == r["real_success"] for r in all_records])),
+        "state_rule": {"pearson": state_rule_metrics["pearson"], "spearman": state_rule_metrics["spearman"],
+                       "mmrv": state_rule_metrics["mmrv"],
+                       "episode_agreement": float(np.mean([r["state_rule_on_imagined"] == r["real_success"]
+                                                           for r in all_records]))},
         "model": {"path": cfg.model, "preset": model.cfg.preset, "image_size": model.cfg.image_size,
                   "camera_keys": keys, "frame_stride": stride},
         "judge": judge_name, "sampler": asdict(cfg.sampler), "episodes_per_policy": cfg.episodes,
@@ -234,19 +245,24 @@ def rank(cfg: RankConfig) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"rank_{cfg.run}.json").write_text(json.dumps(result, indent=2))
     fmt = lambda m: f"{m['value']:.3f} [{m['interval'][0]:.3f}, {m['interval'][1]:.3f}]" if m["interval"] else f"{m['value']}"
-    table = ["| policy | real success | imagined success | judge agreement (real) |", "| --- | ---: | ---: | ---: |"]
-    table += [f"| {r['name']} | {r['real_success']:.2f} | {r['imagined_success']:.2f} | {r['judge_agreement']:.2f} |"
-              for r in rows]
+    table = ["| policy | real success | imagined success (judge) | imagined success (state rule) | judge agreement (real) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    table += [f"| {r['name']} | {r['real_success']:.2f} | {r['imagined_success']:.2f} | "
+              f"{r['imagined_success_state_rule']:.2f} | {r['judge_agreement']:.2f} |" for r in rows]
     summary = [f"Pearson r {fmt(metrics['pearson'])}, Spearman rho {fmt(metrics['spearman'])}, "
                f"MMRV {fmt(metrics['mmrv'])} (95% bootstrap intervals over episodes); judge accuracy on real "
                f"episodes {result['judge_accuracy']:.2f}; on imagined episodes the judge agrees with the success "
                f"rule on the predicted state {result['judge_agreement_imagined']:.2f} of the time; imagined and "
                f"real twin episodes end alike {result['episode_agreement']:.2f} of the time. "
-               f"{cfg.episodes} episodes per policy."]
+               f"{cfg.episodes} episodes per policy.",
+               f"With the success rule on the predicted state instead of the judge: Pearson r "
+               f"{fmt(state_rule_metrics['pearson'])}, Spearman rho {fmt(state_rule_metrics['spearman'])}, MMRV "
+               f"{fmt(state_rule_metrics['mmrv'])}; imagined and real twins end alike "
+               f"{result['state_rule']['episode_agreement']:.2f} of the time."]
     (results_dir / f"rank_{cfg.run}.md").write_text(
         f"# Policy ranking in imagination: {cfg.run}\n\nModel `{cfg.model}`, judge: {judge_name}.\n\n"
-        + "\n".join(table) + "\n\n" + summary[0] + "\n")
-    print("\n".join(table) + "\n" + summary[0])
+        + "\n".join(table) + "\n\n" + "\n\n".join(summary) + "\n\n`" + result["command"] + "`\n")
+    print("\n".join(table) + "\n" + "\n".join(summary))
 
     # lerobot-eval's multi-task shape, one group per policy (imagined episodes).
     per_task, per_group = [], {}
@@ -286,7 +302,7 @@ def rank(cfg: RankConfig) -> dict:
 {cfg.run}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}
 figure{{display:inline-block;margin:8px}}</style></head><body>
 <h1>Policy ranking in imagination ({cfg.run})</h1><p>Model <code>{cfg.model}</code>; judge: {judge_name};
-{cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p><p>{summary[0]}</p>
+{cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p><p>{summary[0]}</p><p>{summary[1]}</p>
 {scatter_svg(rows)}<table><tr><th>policy</th><th>real</th><th>imagined</th><th>judge agreement</th></tr>{html_table}
 </table><h2>Real vs imagined</h2>{''.join(clips)}</body></html>""")
     return result

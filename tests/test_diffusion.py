@@ -32,9 +32,15 @@ def test_context_frames_are_clean_or_lightly_noised_and_left_out_of_the_loss():
     assert abs(np.corrcoef(t[:, -1], t[:, -2])[0, 1]) < 0.1
 
 
-def tiny_model(clips, seed=0):
+PLAIN = dict(patch_size=8, predict_residual=False, condition_on_state=False)  # whole frames, 8x8 patches
+RESIDUAL = dict(patch_size=8, predict_residual=True, condition_on_state=True)  # the presets' design
+
+
+def tiny_model(clips, seed=0, design=PLAIN):
+    """The flow-matching machinery is checked on whole-frame prediction (its loss starts far from zero);
+    tests of the residual design pass design=RESIDUAL."""
     torch.manual_seed(seed)
-    cfg = build_config("tiny", dict(depth=3), num_views=2, latent_size=32,
+    cfg = build_config("tiny", dict(depth=3, **design), num_views=2, latent_size=32,
                        image_size=32, frame_stride=clips.cfg.frame_stride, state_dim=39,
                        camera_keys=clips.camera_keys, **clips.stats)
     return make_model(cfg)
@@ -78,17 +84,19 @@ def test_tiny_model_overfits_two_clips_and_the_sampler_regenerates_them(clips):
     assert err_own < err_swapped / 2, (err_own, err_swapped)
 
 
+@pytest.mark.parametrize("design", [PLAIN, RESIDUAL])
 @torch.no_grad()
-def test_guidance_scale_one_is_the_plain_model_and_zero_is_unconditional(clips):
-    model = tiny_model(clips)
+def test_guidance_scale_one_is_the_plain_model_and_zero_is_unconditional(clips, design):
+    model = tiny_model(clips, design=design)
     for p in model.parameters():
         p.add_(torch.randn_like(p) * 0.05)
     x = (torch.randn(2, 3, 2, 3, 32, 32), torch.randn(2, 3, 39), torch.rand(2, 3), torch.randn(2, 3, 3, 4))
-    plain = model(*x)
-    torch.testing.assert_close(guided_prediction(model, *x, None, 1.0)["latents"], plain["latents"])
-    uncond = model(*x, action_mask=torch.zeros(2, dtype=torch.bool))
-    torch.testing.assert_close(guided_prediction(model, *x, None, 0.0)["latents"], uncond["latents"])
-    twice = guided_prediction(model, *x, None, 2.0)["latents"]
+    anchor = {"latents": torch.randn(2, 3, 2, 3, 32, 32), "state": torch.randn(2, 3, 39)}
+    plain = model(*x, anchor=anchor)
+    torch.testing.assert_close(guided_prediction(model, *x, None, 1.0, anchor=anchor)["latents"], plain["latents"])
+    uncond = model(*x, action_mask=torch.zeros(2, dtype=torch.bool), anchor=anchor)
+    torch.testing.assert_close(guided_prediction(model, *x, None, 0.0, anchor=anchor)["latents"], uncond["latents"])
+    twice = guided_prediction(model, *x, None, 2.0, anchor=anchor)["latents"]
     torch.testing.assert_close(twice, 2 * plain["latents"] - uncond["latents"], atol=1e-5, rtol=1e-5)
 
 

@@ -152,7 +152,9 @@ def residual_model(condition_on_state: bool, perturb: float):
 @pytest.mark.parametrize("rolling", [True, False])
 def test_an_untrained_residual_model_reproduces_the_last_frame_exactly(rolling):
     config = SamplerConfig(steps=4, window=2, rolling=rolling, recent_frames=4, memory=MemoryConfig(k=2, capacity=8))
-    sampler = start(residual_model(condition_on_state=True, perturb=0.0), config)
+    sampler = StreamingSampler(residual_model(condition_on_state=True, perturb=0.0), config, B)
+    g = torch.Generator().manual_seed(0)
+    sampler.reset(torch.rand(B, 1, V, 3, SIZE, SIZE, generator=g) * 2 - 1, torch.randn(B, 1, 39, generator=g))
     first, first_state = sampler.last_latents.clone(), sampler.last_state.clone()
     latents, state = run(sampler, 6)
     assert torch.equal(latents, first[:, None].expand_as(latents))
@@ -170,3 +172,15 @@ def test_residual_rollouts_with_a_cache_equal_recomputing_the_history(rolling):
     # The actions still steer a residual model.
     other, _ = run(start(model, config), 6, action_seed=5)
     assert (other - cached).abs().mean() > 1e-3
+
+
+def test_finished_frames_stay_pictures_and_states_stay_bounded():
+    """A drifting model cannot leave the codec's range or run the state off to infinity."""
+    model = residual_model(condition_on_state=False, perturb=0.0)
+    with torch.no_grad():
+        model.out_latent.bias.fill_(0.5)  # every frame adds +0.5 to every pixel
+        model.out_state.bias.fill_(3.0)  # and +3 standard deviations to the state
+    sampler = start(model, SamplerConfig(steps=2, window=1, rolling=False, recent_frames=4, state_clip_std=6.0))
+    latents, state = run(sampler, 8)
+    assert latents.max() <= 1.0 and latents[:, -1].min() == 1.0  # saturated white, not 4.0
+    assert state.abs().max() <= 6.0 + 1e-5  # (the test model's state statistics are 0 +- 1)

@@ -40,6 +40,11 @@ class DiffusionConfig:
     # v = (x_t - x0) / t is clamped at t >= min_t so that nearly clean frames do not dominate the loss.
     min_t: float = 0.2
     memory_dropout: float = 0.2  # clips trained without their memory frames, so an empty memory works too
+    # Residual models: anchor the future frames on the last context frame as the network sees it (with its
+    # history noise) instead of its clean value, so the predicted change also has to correct a corrupted
+    # anchor. With clean anchors a residual model learns to trust its anchor completely, and in an open-loop
+    # rollout, where the anchor is its own last output, every error is carried forward and accumulates.
+    noisy_anchor: bool = True
 
 
 def per_frame(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -119,7 +124,8 @@ class FlowMatching:
         if memory is not None:
             keep = torch.rand(B, device=device, generator=generator) >= self.config.memory_dropout
             memory = {**memory, "valid": memory["valid"] & keep[:, None]}
-        anchor = clip_anchors(latents, state0, in_loss) if uses_anchor else None
+        anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
+        anchor = clip_anchors(*anchor_source, in_loss) if uses_anchor else None
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
         min_t = self.config.min_t
         weight = in_loss.float()

@@ -80,20 +80,24 @@ class VideoDiTConfig:
         return self.num_views * self.tokens_per_view + 1
 
 
-# Size presets: plain functions returning network sizes; data fields are filled in from the dataset.
-# With pixel patches a token must be wider than the patch it carries (8x8x3 = 192 numbers): narrower
-# models memorise two clips several times slower in our tests.
-def tiny() -> dict:  # tests and laptops: < 3M parameters
-    return dict(preset="tiny", hidden_size=192, depth=4, num_heads=4, patch_size=8)
+# Presets: plain functions returning network sizes and the design; data fields come from the dataset.
+# Every preset predicts change from the last frame and reads the anchor's state (eval/results/ablation_cpu.md).
+# With pixel patches a token must be about as wide as the patch it carries (16x16x3 = 768 numbers for
+# `tiny`): with x-prediction a narrower token still learns, but slower.
+DESIGN = dict(predict_residual=True, condition_on_state=True)
 
 
-def small() -> dict:  # the default MetaWorld model (64 px, pixel codec), one GPU
+def tiny() -> dict:  # the CPU default (3 views x 16 patches of 16x16 px + a state token per frame), tests, laptops
+    return dict(preset="tiny", hidden_size=192, depth=4, num_heads=4, patch_size=16, **DESIGN)
+
+
+def small() -> dict:  # one GPU: the same design, wider and deeper, 8x8 patches (193 tokens per frame)
     # 8 blocks (22 M parameters, 44 MB in fp16) keep the shipped small + tiny + judge under 60 MB.
-    return dict(preset="small", hidden_size=384, depth=8, num_heads=6, patch_size=8)
+    return dict(preset="small", hidden_size=384, depth=8, num_heads=6, patch_size=8, **DESIGN)
 
 
 def base() -> dict:  # latent codec (e.g. 192x320 -> 24x40x4 with AutoencoderKL), DROID scale, multi-GPU
-    return dict(preset="base", hidden_size=768, depth=16, num_heads=12, patch_size=2)
+    return dict(preset="base", hidden_size=768, depth=16, num_heads=12, patch_size=2, **DESIGN)
 
 
 PRESETS = {"tiny": tiny, "small": small, "base": base}

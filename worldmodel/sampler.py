@@ -44,6 +44,9 @@ class SamplerConfig:
     recent_frames: int = 4
     guidance_scale: float = 1.0  # classifier-free guidance on actions (1 = none)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    # A finished frame's state is kept within this many standard deviations of the training data's (None:
+    # unbounded), so a drifting open-loop rollout cannot run off to absurd states.
+    state_clip_std: float | None = 6.0
     # (A, P): pose change per env action, for the memory query "where will the arm be". MetaWorld moves
     # the hand by action[:3] / 100 per step. None: query with the current pose.
     action_to_pose: list[list[float]] | None = None
@@ -201,6 +204,16 @@ class StreamingSampler:
         self.frames_done = self.frames_done + active.long()
 
     # -- denoising -----------------------------------------------------------------------------------
+    def _final(self, x, s):
+        """A denoised frame becomes final. Pixel latents are pictures: they are clamped to the range the
+        codec shows ([-1, 1]), so a rollout continues from exactly the picture the user sees (a residual
+        model adds its change to it); the state is clipped to `state_clip_std`. -> latents, raw state."""
+        if self.model.cfg.codec.get("type") == "pixel":
+            x = x.clamp(-1.0, 1.0)
+        if self.config.state_clip_std is not None:
+            s = s.clamp(-self.config.state_clip_std, self.config.state_clip_std)
+        return x, self.model.denormalize_state(s)
+
     def _predict(self, x, s, t, actions, context):
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1."""
         B, F = t.shape
@@ -243,9 +256,9 @@ class StreamingSampler:
                 x = keep * x + (1 - keep) * pred["latents"]
                 s = keep * s + (1 - keep) * pred["state"]
             for j in range(n):
-                state = self.model.denormalize_state(s[:, j])
-                self._commit(x[:, j], state, a[:, j])
-                frames.append(x[:, j])
+                latents, state = self._final(x[:, j], s[:, j])
+                self._commit(latents, state, a[:, j])
+                frames.append(latents)
                 states.append(state)
         return torch.stack(frames, 1), torch.stack(states, 1)
 
@@ -275,8 +288,8 @@ class StreamingSampler:
                 f["level"] += 1
             if window[0]["level"] == S:  # the front frame is clean: it leaves the window
                 done = window.pop(0)
-                state = self.model.denormalize_state(done["s"])
-                self._commit(done["x"], state, actions[:, done["index"]])
-                frames.append(done["x"])
+                latents, state = self._final(done["x"], done["s"])
+                self._commit(latents, state, actions[:, done["index"]])
+                frames.append(latents)
                 states.append(state)
         return torch.stack(frames, 1), torch.stack(states, 1)

@@ -2,6 +2,8 @@
 # Rebuild the shipped MetaWorld push assets and every published number from scratch, with one command:
 #
 #     bash eval/recipes/metaworld_push.sh              # one CUDA GPU (planned for about 25 minutes on an H100)
+#     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the shipped default on 2 CPU cores: ~30 min recording,
+#                                                      # 40 min training (TINY_MINUTES), ~40 min of benchmarks
 #     SCALE=smoke bash eval/recipes/metaworld_push.sh  # the same steps at toy sizes (a few minutes on a CPU)
 #
 # Steps: record the training set (parallel workers) and held-out long tours -> train the `small` and
@@ -22,12 +24,23 @@ if [[ $SCALE == smoke ]]; then
   : "${SPEED_ARGS:=--short_horizon=4 --long_horizon=8 --naive_horizon=4 --call_frames=4 --batch_sizes=[1,2] --batched_frames=4}"
   : "${TRAIN_SPEED_ARGS:=--presets=[tiny] --steps=1}" "${IMPROVE:=0}" "${RUN:=smoke}" "${WORK:=outputs/recipe_smoke}"
   : "${DEST:=$WORK/pretrained}" "${RESULTS:=$WORK/results}" "${NUM_WORKERS:=0}"
+elif [[ $SCALE == cpu ]]; then
+  # The default model on 2 CPU cores: only `tiny`, trained for a wall-clock budget (cosine schedule sized to
+  # the steps 2 cores reach in it; the budget stops it earlier on a slower machine). See eval/results/ablation_cpu.md.
+  : "${EPISODES:=200}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
+  : "${MODELS:=tiny}" "${TINY_STEPS:=900}" "${TINY_MINUTES:=40}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=100}"
+  : "${JUDGE_STEPS:=600}" "${JUDGE_VAL:=8}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=8}" "${RANK_MODEL:=tiny}"
+  : "${SPEED_ARGS:=--preset=tiny --batch_sizes=[1,16]}" "${TRAIN_SPEED_ARGS:=--presets=[tiny]}" "${IMPROVE:=0}"
+  : "${RUN:=cpu}" "${WORK:=outputs/recipe_cpu}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}"
+  : "${NUM_WORKERS:=0}" "${RECORD_WORKERS:=2}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk,one_step]}"
 else
   : "${EPISODES:=400}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
   : "${SMALL_STEPS:=6000}" "${TINY_STEPS:=4000}" "${BATCH:=64}" "${JUDGE_STEPS:=2000}" "${JUDGE_VAL:=20}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=16}"
   : "${SPEED_ARGS:=--preset=small --batch_sizes=[1,16,128]}" "${TRAIN_SPEED_ARGS:=}" "${IMPROVE:=1}" "${RUN:=gpu}"
   : "${WORK:=outputs/recipe}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
 fi
+# Defaults shared by the GPU and smoke scales (the cpu scale sets its own above).
+: "${LR:=1e-3}" "${MODELS:=small tiny}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk]}" "${RANK_MODEL:=small}" "${RECORD_WORKERS:=0}" "${TINY_MINUTES:=}" "${CHECKPOINT_EVERY:=}"
 PY=${PYTHON:-python}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 TRAIN_DATA=$WORK/datasets/metaworld_push
@@ -37,45 +50,52 @@ step() { echo; echo "== $* ($(( $(date +%s) - GPU_TIME_START )) s so far)"; }
 
 step "1/7 record the training set and the held-out long tours"
 $PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_push --episodes="$EPISODES" \
-  --env.max_episode_steps="$EPISODE_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=0.5
+  --env.max_episode_steps="$EPISODE_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=0.5 --workers="$RECORD_WORKERS"
 # 20 s of robot time is 1600 env steps; seeds far from the training set's.
 LONG_STEPS=$($PY -c "import json; print(int(max(json.loads('$HORIZONS')) * 80) + 20)")
 $PY -m data.metaworld.record --root="$LONG_DATA" --repo_id=local/metaworld_push_long --episodes="$LONG_EPISODES" \
-  --env.max_episode_steps="$LONG_STEPS" --tour_after=120 --seed=1000000
+  --env.max_episode_steps="$LONG_STEPS" --tour_after=120 --seed=1000000 --workers="$RECORD_WORKERS"
 
 step "2/7 train the world models and the judge"
-train() {  # name preset steps
-  local out=$WORK/train/$1 resume=false
+train() {  # name preset steps [minutes]
+  local out=$WORK/train/$1 resume=false budget=()
   [[ -f $out/model/config.json ]] && { echo "$out: done"; return; }
   [[ -f $out/checkpoints/latest ]] && resume=true
+  [[ -n ${4:-} ]] && budget=(--train.max_minutes="$4")
   $PY -m worldmodel.train --dataset.root="$TRAIN_DATA" --model.preset="$2" --dataset.clip_frames=6 \
-    --dataset.memory_frames=3 --train.steps="$3" --train.batch_size="$BATCH" --train.lr=1e-3 \
+    --dataset.memory_frames=3 --train.steps="$3" --train.batch_size="$BATCH" --train.lr="$LR" \
     --train.warmup_steps=$(( $3 / 20 + 1 )) --train.val_every=$(( $3 / 4 + 1 )) \
-    --train.checkpoint_every=$(( $3 / 8 + 1 )) --train.val_episodes=2 --train.val_clips="$VAL_CLIPS" --train.num_workers="$NUM_WORKERS" \
-    --output_dir="$out" --resume="$resume"
+    --train.checkpoint_every="${CHECKPOINT_EVERY:-$(( $3 / 8 + 1 ))}" --train.val_episodes=2 \
+    --train.val_clips="$VAL_CLIPS" --train.num_workers="$NUM_WORKERS" "${budget[@]}" --output_dir="$out" --resume="$resume"
 }
-train small small "$SMALL_STEPS"
-train tiny tiny "$TINY_STEPS"
+for name in $MODELS; do
+  case $name in
+    small) train small small "$SMALL_STEPS" ;;
+    tiny) train tiny tiny "$TINY_STEPS" "$TINY_MINUTES" ;;
+  esac
+done
 [[ -f $WORK/judge/config.json ]] || $PY -m worldmodel.cli judge --dataset.root="$TRAIN_DATA" --val_episodes="$JUDGE_VAL" \
   --steps="$JUDGE_STEPS" --output_dir="$WORK/judge"
 GPU_TRAIN_S=$(( $(date +%s) - GPU_TIME_START ))
+if [[ $SCALE == cpu ]]; then TIME_NOTE="none (2 CPU cores; ${GPU_TRAIN_S} s for data + all training in this run)"
+else TIME_NOTE="$SCALE run, ${GPU_TRAIN_S} s for data + all training"; fi
 
 step "3/7 package (fp16, model cards)"
-for name in small tiny; do
-  $PY -m eval.package --train_dir="$WORK/train/$name" --name=$name --dest="$DEST" --gpu_time="$SCALE run, ${GPU_TRAIN_S} s for data + all training"
+for name in $MODELS; do
+  $PY -m eval.package --train_dir="$WORK/train/$name" --name=$name --dest="$DEST" --gpu_time="$TIME_NOTE"
 done
-$PY -m eval.package --judge_dir="$WORK/judge" --dest="$DEST" --gpu_time="$SCALE run, within ${GPU_TRAIN_S} s"
+$PY -m eval.package --judge_dir="$WORK/judge" --dest="$DEST" --gpu_time="$TIME_NOTE"
 
 step "4/7 fidelity: horizons, ablations, revisits"
-for name in small tiny; do
+for name in $MODELS; do
   [[ -f $RESULTS/fidelity_${RUN}_$name.json ]] && { echo "fidelity $name: done"; continue; }
   $PY -m eval.fidelity --model="$DEST/$name" --dataset.root="$LONG_DATA" --dataset.repo_id=local/metaworld_push_long \
     --episodes="$LONG_EPISODES" --horizons_s="$HORIZONS" --run="${RUN}_$name" --results_dir="$RESULTS" \
-    --output_dir="$WORK/fidelity"
+    --baseline_dataset.root="$TRAIN_DATA" --variants="$FIDELITY_VARIANTS" --output_dir="$WORK/fidelity"
 done
 
 step "5/7 ranking: the whole policy family in imagination vs the simulator"
-$PY -m eval.rank --model="$DEST/small" --judge="$DEST/judge" --episodes="$RANK_EPISODES" --run="${RUN}_small" \
+$PY -m eval.rank --model="$DEST/$RANK_MODEL" --judge="$DEST/judge" --episodes="$RANK_EPISODES" --run="${RUN}_$RANK_MODEL" \
   --results_dir="$RESULTS" --output_dir="$WORK/rank" --resume=true  # finished (policy, episode) pairs are kept
 
 step "6/7 speed: streaming (single, batched, naive) and training throughput / MFU"
@@ -91,9 +111,9 @@ else
 fi
 
 step "model cards with the results"
-for name in small tiny; do
+for name in $MODELS; do
   $PY -m eval.package --train_dir="$WORK/train/$name" --name=$name --dest="$DEST" \
-    --gpu_time="$SCALE run, ${GPU_TRAIN_S} s for data + all training" \
-    --results="[$RESULTS/fidelity_${RUN}_$name.json$([[ $name == small ]] && echo ",$RESULTS/rank_${RUN}_small.json")]"
+    --gpu_time="$TIME_NOTE" \
+    --results="[$RESULTS/fidelity_${RUN}_$name.json$([[ $name == "$RANK_MODEL" ]] && echo ",$RESULTS/rank_${RUN}_$name.json")]"
 done
 step "done: $DEST, $RESULTS"
