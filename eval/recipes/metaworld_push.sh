@@ -32,7 +32,7 @@ elif [[ $SCALE == cpu ]]; then
   : "${JUDGE_STEPS:=600}" "${JUDGE_VAL:=8}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=8}" "${RANK_MODEL:=tiny}"
   : "${SPEED_ARGS:=--preset=tiny --batch_sizes=[1,16]}" "${TRAIN_SPEED_ARGS:=--presets=[tiny]}" "${IMPROVE:=0}"
   : "${RUN:=cpu}" "${WORK:=outputs/recipe_cpu}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}"
-  : "${NUM_WORKERS:=0}" "${RECORD_WORKERS:=2}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk,one_step]}"
+  : "${NUM_WORKERS:=0}" "${RECORD_WORKERS:=2}" "${FIDELITY_VARIANTS:=[full,no_memory,one_step]}" "${TRAIN_SPEED:=0}"
 else
   : "${EPISODES:=400}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
   : "${SMALL_STEPS:=6000}" "${TINY_STEPS:=4000}" "${BATCH:=64}" "${JUDGE_STEPS:=2000}" "${JUDGE_VAL:=20}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=16}"
@@ -40,7 +40,7 @@ else
   : "${WORK:=outputs/recipe}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
 fi
 # Defaults shared by the GPU and smoke scales (the cpu scale sets its own above).
-: "${LR:=1e-3}" "${MODELS:=small tiny}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk]}" "${RANK_MODEL:=small}" "${RECORD_WORKERS:=0}" "${TINY_MINUTES:=}" "${CHECKPOINT_EVERY:=}"
+: "${LR:=1e-3}" "${TRAIN_SPEED:=1}" "${MODELS:=small tiny}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk]}" "${RANK_MODEL:=small}" "${RECORD_WORKERS:=0}" "${TINY_MINUTES:=}" "${CHECKPOINT_EVERY:=}"
 PY=${PYTHON:-python}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 TRAIN_DATA=$WORK/datasets/metaworld_push
@@ -100,7 +100,7 @@ $PY -m eval.rank --model="$DEST/$RANK_MODEL" --judge="$DEST/judge" --episodes="$
 
 step "6/7 speed: streaming (single, batched, naive) and training throughput / MFU"
 $PY -m eval.speed $SPEED_ARGS --output="$RESULTS/speed_$RUN.json"
-$PY -m eval.train_speed $TRAIN_SPEED_ARGS --output="$RESULTS/train_speed_$RUN.json"
+if [[ $TRAIN_SPEED == 1 ]]; then $PY -m eval.train_speed $TRAIN_SPEED_ARGS --output="$RESULTS/train_speed_$RUN.json"; fi
 
 if [[ $IMPROVE == 1 ]]; then
   step "7/7 improvement loop: fine-tuning on imagined successes, measured in the simulator"
