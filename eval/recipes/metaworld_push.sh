@@ -2,7 +2,7 @@
 # Rebuild the shipped MetaWorld push assets and every published number from scratch, with one command:
 #
 #     bash eval/recipes/metaworld_push.sh              # one CUDA GPU (planned for about 25 minutes on an H100)
-#     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the shipped default on 2 CPU cores: ~30 min recording,
+#     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the tiny design on 2 CPU cores: ~30 min recording,
 #                                                      # 40 min training (TINY_MINUTES), ~40 min of benchmarks
 #     SCALE=smoke bash eval/recipes/metaworld_push.sh  # the same steps at toy sizes (a few minutes on a CPU)
 #
