@@ -112,7 +112,7 @@ class FlowMatching:
         B, T = latents.shape[:2]
         device = latents.device
         mc = getattr(model, "module", model).cfg  # model may be wrapped (DDP)
-        uses_anchor = mc.predict_residual or mc.condition_on_state
+        uses_anchor = mc.uses_anchor
         if uses_anchor and T < 2:
             raise ValueError("dataset.clip_frames: a model that predicts residuals or conditions on state needs clips "
                              f"of at least 2 frames (a clean anchor and a frame to predict), got {T}")
@@ -142,7 +142,8 @@ class FlowMatching:
 
 def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Tensor) -> dict:
     """Every frame's anchor in a clip whose context is a prefix: a context frame is its own anchor, a future
-    frame's is the last context frame (clean values). latents (B, T, ...), state (B, T, S), is_future (B, T)."""
+    frame's is the last context frame. latents (B, T, ...), state (B, T, S), is_future (B, T): the values the
+    anchors are taken from (clean, or as the network sees them with `noisy_anchor`)."""
     B, T = is_future.shape
     n_context = (~is_future).sum(dim=1, keepdim=True)  # (B, 1), >= 1
     index = torch.minimum(torch.arange(T, device=latents.device)[None], n_context - 1)  # (B, T)

@@ -79,6 +79,11 @@ class VideoDiTConfig:
     def tokens_per_frame(self) -> int:
         return self.num_views * self.tokens_per_view + 1
 
+    @property
+    def uses_anchor(self) -> bool:
+        """Frames being denoised need their anchor (the newest clean frame before them)."""
+        return self.predict_residual or self.condition_on_state
+
 
 # Presets: plain functions returning network sizes and the design; data fields come from the dataset.
 # Every preset predicts change from the last frame and reads the anchor's state (eval/results/ablation_cpu.md).
@@ -87,7 +92,7 @@ class VideoDiTConfig:
 DESIGN = dict(predict_residual=True, condition_on_state=True)
 
 
-def tiny() -> dict:  # the CPU default (3 views x 16 patches of 16x16 px + a state token per frame), tests, laptops
+def tiny() -> dict:  # the CPU design (3 views x 16 patches of 16x16 px + a state token per frame), tests, laptops
     return dict(preset="tiny", hidden_size=192, depth=4, num_heads=4, patch_size=16, **DESIGN)
 
 
@@ -416,8 +421,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
     ):
         cfg = self.cfg
         self.check_inputs(latents, state, noise_level, actions)
-        uses_anchor = cfg.predict_residual or cfg.condition_on_state
-        anchor_latents, anchor_state = self.anchors(latents, state, noise_level, anchor) if uses_anchor else (None, None)
+        anchor_latents, anchor_state = (self.anchors(latents, state, noise_level, anchor) if cfg.uses_anchor
+                                        else (None, None))
         if memory is not None:
             context = KVContext.concat([self.encode_memory(**memory), context])
         B, T, V = latents.shape[:3]
