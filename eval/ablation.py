@@ -22,31 +22,55 @@ from pathlib import Path
 # name -> (what changes, the flags beside COMMON_FLAGS). "today" is the design shipped before this study.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "today": ("tiny preset as shipped: 8x8 patches (193 tokens/frame), frames predicted whole, 3 memory frames, batch 8",
-              ["--model.patch_size=8", "--model.predict_residual=false", "--model.condition_on_state=false",
+              ["--model.patch_size=8", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=false", "--model.condition_on_state=false",
                "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
     "residual": ("today + predict the change from the last clean frame (latents and state)",
-                 ["--model.patch_size=8", "--model.predict_residual=true", "--model.condition_on_state=false",
+                 ["--model.patch_size=8", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true", "--model.condition_on_state=false",
                   "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
     "residual_p16": ("residual + 16x16 pixel patches (49 tokens/frame), batch 16",
-                     ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=false",
+                     ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true", "--model.condition_on_state=false",
                       "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
     "residual_p16_nomem": ("residual_p16 without memory frames in training (sink and pose memory never seen)",
-                           ["--model.patch_size=16", "--model.predict_residual=true",
+                           ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
                             "--model.condition_on_state=false", "--dataset.memory_frames=0", "--train.batch_size=16",
                             "--diffusion.noisy_anchor=false"]),
     "residual_p16_state": ("residual_p16 + each frame's adaLN conditioned on its anchor's state (hand, object)",
-                           ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
-                            "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
+                           ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
+                            "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
     "residual_p16_state_noisy_anchor": (
         "residual_p16_state, future frames anchored on the context frame as the network sees it (history "
         "noise up to t=0.3 in half the clips), so the change also corrects a corrupted anchor",
-        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
-         "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true"]),
+        ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
+         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true"]),
     "residual_p16_state_noisy_anchor_lr3e-4": (
         "residual_p16_state_noisy_anchor with lr 3e-4 instead of 1e-3 (a residual model starts near a good "
         "solution, where Adam's normalised steps of size lr are mostly noise)",
+        ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
+         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4"]),
+    "first_frame_residual": (
+        "residual_p16_state_noisy_anchor, but pictures are the rollout's first frame plus a change (its patches "
+        "added to every token); only the state is anchored on the newest frame, so generated pictures never compound",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
-         "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4"]),
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
+         "--diffusion.noisy_anchor=true"]),
+    "first_frame_residual_clean_anchor": (
+        "first_frame_residual with the state anchored on the clean context state (a noisy anchor state puts "
+        "noise into the target change that nothing in the clip can explain)",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
+         "--diffusion.noisy_anchor=false"]),
+    "first_frame_residual_clean_anchor_state_w4": (
+        "first_frame_residual_clean_anchor with the state loss weighted x4 (the state is 39 numbers beside "
+        "3 x 64 x 64 x 3 pixels, and most of its dimensions never change)",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
+         "--diffusion.noisy_anchor=false", "--diffusion.state_loss_weight=4.0"]),
+    "first_frame_residual_clean_anchor_linear_state": (
+        "first_frame_residual_clean_anchor + a linear path from the actions summed since the anchor to the "
+        "state change (zero at init), beside the transformer",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
 }
 
 
@@ -147,6 +171,9 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
     lines += ["", f"All variants: `python -m eval.ablation --minutes={cfg.minutes:g} --episodes={cfg.episodes} "
               f"--run={cfg.run} --variants='[{','.join(cfg.variants)}]'` ({results['seconds']:.0f} s of this "
               f"invocation, {results['device']}; variants already scored are read back, not rerun)."]
+    reading = out / f"ablation_{cfg.run}_reading.md"  # what a person concluded, kept across regenerations
+    if reading.exists():
+        lines += ["", reading.read_text().rstrip()]
     (out / f"ablation_{cfg.run}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -32,8 +32,10 @@ def test_context_frames_are_clean_or_lightly_noised_and_left_out_of_the_loss():
     assert abs(np.corrcoef(t[:, -1], t[:, -2])[0, 1]) < 0.1
 
 
-PLAIN = dict(patch_size=8, predict_residual=False, condition_on_state=False)  # whole frames, 8x8 patches
-RESIDUAL = dict(patch_size=8, predict_residual=True, condition_on_state=True)  # the presets' design
+PLAIN = dict(patch_size=8, predict_residual=False, condition_on_state=False,  # whole frames, 8x8 patches
+             residual_from_first_frame=False, linear_state_dynamics=False)
+RESIDUAL = dict(patch_size=8, predict_residual=True, condition_on_state=True,  # change from the newest frame
+                residual_from_first_frame=False, linear_state_dynamics=False)
 
 
 def tiny_model(clips, seed=0, design=PLAIN):
@@ -65,13 +67,19 @@ def test_tiny_model_overfits_two_clips_and_the_sampler_regenerates_them(clips):
 
     before = held_fixed_loss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(500):
+    # Train to a loss, not for a number of steps: how fast a given step count gets there depends on the
+    # machine's numerics (kernels, video decoding), and the regeneration check below needs the clips learnt.
+    after = before
+    for step in range(1, 2001):
         loss, _ = fm.loss(model, batch["images"], model.normalize_state(batch["state"]), batch["actions"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = held_fixed_loss()
-    assert after < before / 8, (before, after)
+        if step % 250 == 0:
+            after = held_fixed_loss()
+            if after < before / 20:
+                break
+    assert after < before / 20, (before, after)
 
     # The full-sequence reference sampler, from frame 0 and the recorded actions, redraws the clips.
     generator = torch.Generator().manual_seed(0)
@@ -146,7 +154,8 @@ def test_residual_models_always_train_with_a_clean_anchor():
     fm = FlowMatching(DiffusionConfig(context_prob=0.5))
     t, in_loss = fm.sample_noise_levels(2000, 6, "cpu", always_context=True)
     assert (~in_loss[:, 0]).all() and in_loss[:, -1].all()
-    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True),
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
+                                    residual_from_first_frame=False, linear_state_dynamics=False),
                        num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
     with pytest.raises(ValueError, match="clip_frames"):
         fm.loss(make_model(cfg), torch.zeros(2, 1, 1, 3, 8, 8), torch.zeros(2, 1, 39), torch.zeros(2, 1, 2, 4))
@@ -154,3 +163,27 @@ def test_residual_models_always_train_with_a_clean_anchor():
     loss, _ = fm.loss(make_model(cfg), torch.ones(2, 5, 1, 3, 8, 8) * 0.3, torch.ones(2, 5, 39) * 0.5,
                       torch.randn(2, 5, 2, 4))
     assert loss.item() == 0.0
+
+
+def test_first_frame_residual_models_anchor_pictures_on_the_first_frame_and_need_it():
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
+                                    condition_on_state=True, residual_from_first_frame=True),
+                       num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+    model, fm = make_model(cfg), FlowMatching(DiffusionConfig())
+    latents, state, actions = torch.rand(2, 5, 1, 3, 8, 8), torch.randn(2, 5, 39), torch.randn(2, 5, 2, 4)
+    with pytest.raises(ValueError, match="dataset.memory_frames"):
+        fm.loss(model, latents, state, actions)
+    # The episode's first frame (memory slot 0) is what an untrained model predicts, whatever the clip shows:
+    # the loss is zero exactly when every predicted frame equals it.
+    first = torch.rand(2, 1, 1, 3, 8, 8)
+    memory = {"latents": first, "state": torch.zeros(2, 1, 39), "frame_pos": -torch.ones(2, 1),
+              "valid": torch.zeros(2, 1, dtype=torch.bool)}  # dropped from attention, still the anchor
+    still = first.expand(2, 5, 1, 3, 8, 8)
+    zero, _ = fm.loss(model, still, state[:, :1].expand(2, 5, 39), actions, memory=memory)
+    moved, _ = fm.loss(model, latents, state[:, :1].expand(2, 5, 39), actions, memory=memory)
+    assert zero.item() == 0.0 and moved.item() > 0.01
+    # The reference sampler anchors every future picture on the first context frame, the state on the last.
+    with torch.no_grad():
+        x, s = sample_full_sequence(model, latents[:, :2], state[:, :2], actions[:, :4], num_steps=2)
+    torch.testing.assert_close(x, latents[:, :1].expand_as(x), rtol=0, atol=0)
+    torch.testing.assert_close(s, state[:, 1:2].expand_as(s), rtol=0, atol=1e-5)

@@ -14,6 +14,7 @@ def random_model(seed=0) -> VideoDiT:
     depend on it, and residual / state-conditioned models are checked with their anchors further down."""
     torch.manual_seed(seed)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=False,
+                                    residual_from_first_frame=False, linear_state_dynamics=False,
                                     condition_on_state=False), num_views=V, latent_size=SIZE,
                        image_size=SIZE, frame_stride=STRIDE, state_dim=S, action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
@@ -34,6 +35,7 @@ def test_presets_and_tiny_size():
     tiny = make_model(build_config("tiny", num_views=3, latent_size=64, image_size=64))
     assert sum(p.numel() for p in tiny.parameters()) < 3_500_000
     assert tiny.cfg.patch_size == 16 and tiny.cfg.predict_residual and tiny.cfg.condition_on_state
+    assert tiny.cfg.residual_from_first_frame
     with pytest.raises(ValueError, match="model.preset"):
         build_config("huge")
 
@@ -151,7 +153,7 @@ def test_bad_inputs_name_the_field():
 def residual_model(condition_on_state: bool, perturb: float) -> VideoDiT:
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, predict_residual=True,
-                                    condition_on_state=condition_on_state),
+                                    condition_on_state=condition_on_state, linear_state_dynamics=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
                        action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
@@ -191,3 +193,27 @@ def test_state_conditioning_reads_the_anchor_state_and_only_it():
     a, b = plain(**x, anchor=anchor), plain(**x, anchor=moved)
     torch.testing.assert_close(a["latents"], b["latents"])
     torch.testing.assert_close(b["state"] - a["state"], moved["state"] - anchor["state"])
+
+
+@torch.no_grad()
+def test_linear_state_dynamics_adds_a_linear_function_of_the_actions_since_the_anchor():
+    torch.manual_seed(0)
+    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, linear_state_dynamics=True),
+                       num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
+                       action_dim=A, camera_keys=["a", "b"])
+    model, x = make_model(cfg).eval(), inputs()
+    anchor = {"latents": torch.randn(B, T, V, 3, SIZE, SIZE), "state": torch.randn(B, T, S),
+              "action_sum": torch.zeros(B, T, A)}
+    with pytest.raises(ValueError, match="action_sum"):
+        model(**x, anchor={k: v for k, v in anchor.items() if k != "action_sum"})
+    pushed = {**anchor, "action_sum": torch.randn(B, T, A)}
+    # Untrained, the path is zero: the model still copies its anchor whatever the actions were.
+    torch.testing.assert_close(model(**x, anchor=pushed)["state"], anchor["state"], rtol=0, atol=0)
+    model.actions_to_state.weight.normal_()
+    base, out, twice = (model(**x, anchor=a)["state"] for a in
+                        (anchor, pushed, {**anchor, "action_sum": 2 * pushed["action_sum"]}))
+    assert (out - base).abs().mean() > 1e-2
+    torch.testing.assert_close(twice - base, 2 * (out - base), rtol=1e-4, atol=1e-4)  # linear in the actions
+    # A prediction without actions (classifier-free guidance's unconditional half) has no action path.
+    dropped = model(**x, anchor=pushed, action_mask=torch.zeros(B, dtype=torch.bool))["state"]
+    torch.testing.assert_close(dropped, model(**x, anchor=anchor, action_mask=torch.zeros(B, dtype=torch.bool))["state"])

@@ -136,10 +136,10 @@ def test_bad_use_is_refused(model):
         StreamingSampler(model, SamplerConfig(recent_frames=12, window=4), 1)
 
 
-def residual_model(condition_on_state: bool, perturb: float):
+def residual_model(condition_on_state: bool, perturb: float, from_first_frame: bool = False):
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=True,
-                                    condition_on_state=condition_on_state),
+                                    condition_on_state=condition_on_state, residual_from_first_frame=from_first_frame),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"],
                        max_offset=12)
     m = make_model(cfg).eval()
@@ -162,8 +162,24 @@ def test_an_untrained_residual_model_reproduces_the_last_frame_exactly(rolling):
 
 
 @pytest.mark.parametrize("rolling", [True, False])
-def test_residual_rollouts_with_a_cache_equal_recomputing_the_history(rolling):
-    model = residual_model(condition_on_state=True, perturb=0.1)
+def test_an_untrained_first_frame_residual_model_keeps_the_first_picture_and_the_last_state(rolling):
+    """Pictures are anchored on the rollout's first frame, states on the newest: with zero outputs every
+    generated picture is the first one, even after the newest frame has changed, and the state stays put."""
+    config = SamplerConfig(steps=4, window=2, rolling=rolling, recent_frames=4, memory=MemoryConfig(k=2, capacity=8))
+    sampler = StreamingSampler(residual_model(True, perturb=0.0, from_first_frame=True), config, B)
+    g = torch.Generator().manual_seed(0)
+    observed = torch.rand(B, 2, V, 3, SIZE, SIZE, generator=g) * 2 - 1  # two different observed frames
+    states = torch.randn(B, 2, 39, generator=g)
+    sampler.reset(observed, states)
+    latents, state = run(sampler, 6)
+    assert torch.equal(latents, observed[:, :1].expand_as(latents))
+    assert torch.equal(state, states[:, 1:].expand_as(state))
+
+
+@pytest.mark.parametrize("rolling", [True, False])
+@pytest.mark.parametrize("from_first_frame", [False, True])
+def test_residual_rollouts_with_a_cache_equal_recomputing_the_history(rolling, from_first_frame):
+    model = residual_model(condition_on_state=True, perturb=0.1, from_first_frame=from_first_frame)
     config = SamplerConfig(steps=4, window=2, rolling=rolling, recent_frames=8, memory=MemoryConfig(k=0))
     cached, cached_state = run(start(model, config), 6)
     naive, naive_state = run(start(model, config, use_cache=False), 6)

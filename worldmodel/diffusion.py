@@ -42,9 +42,10 @@ class DiffusionConfig:
     memory_dropout: float = 0.2  # clips trained without their memory frames, so an empty memory works too
     # Residual models: anchor the future frames on the last context frame as the network sees it (with its
     # history noise) instead of its clean value, so the predicted change also has to correct a corrupted
-    # anchor. With clean anchors a residual model learns to trust its anchor completely, and in an open-loop
-    # rollout, where the anchor is its own last output, every error is carried forward and accumulates.
-    noisy_anchor: bool = True
+    # anchor. Off by default: measured worse (eval/results/ablation_cpu.md), since the anchor's noise enters
+    # the target change and nothing in the clip explains it; pictures anchored on the first frame
+    # (residual_from_first_frame) do not compound errors in the first place.
+    noisy_anchor: bool = False
 
 
 def per_frame(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -125,7 +126,10 @@ class FlowMatching:
             keep = torch.rand(B, device=device, generator=generator) >= self.config.memory_dropout
             memory = {**memory, "valid": memory["valid"] & keep[:, None]}
         anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
-        anchor = clip_anchors(*anchor_source, in_loss) if uses_anchor else None
+        taken = actions if actions_is_pad is None else actions.masked_fill(actions_is_pad[..., None], 0.0)
+        anchor = clip_anchors(*anchor_source, in_loss, taken) if uses_anchor else None
+        if mc.residual_from_first_frame:
+            anchor["latents"] = first_frame_anchors(anchor["latents"], first_frame_latents(memory), in_loss)
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
         min_t = self.config.min_t
         weight = in_loss.float()
@@ -140,10 +144,12 @@ class FlowMatching:
         return loss, {"loss": loss.detach(), "latent_loss": latent_loss.detach(), "state_loss": state_loss.detach()}
 
 
-def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Tensor) -> dict:
+def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Tensor,
+                 actions: torch.Tensor | None = None) -> dict:
     """Every frame's anchor in a clip whose context is a prefix: a context frame is its own anchor, a future
     frame's is the last context frame. latents (B, T, ...), state (B, T, S), is_future (B, T): the values the
-    anchors are taken from (clean, or as the network sees them with `noisy_anchor`)."""
+    anchors are taken from (clean, or as the network sees them with `noisy_anchor`). With actions
+    (B, T, stride, A) raw (padding zeroed), also "action_sum" (B, T, A): the env actions since the anchor."""
     B, T = is_future.shape
     n_context = (~is_future).sum(dim=1, keepdim=True)  # (B, 1), >= 1
     index = torch.minimum(torch.arange(T, device=latents.device)[None], n_context - 1)  # (B, T)
@@ -151,7 +157,25 @@ def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Te
     def gather(x):
         return x.gather(1, index.reshape(B, T, *([1] * (x.ndim - 2))).expand_as(x))
 
-    return {"latents": gather(latents), "state": gather(state)}
+    anchor = {"latents": gather(latents), "state": gather(state)}
+    if actions is not None:
+        taken = actions.sum(dim=2).cumsum(dim=1)  # (B, T, A) every action up to and including frame t's chunk
+        anchor["action_sum"] = taken - gather(taken)
+    return anchor
+
+
+def first_frame_latents(memory: dict | None) -> torch.Tensor:
+    """The episode's first frame, (B, V, C, H, W): memory slot 0 (see DatasetConfig.memory_frames). It is the
+    anchor whether or not this clip's memory is dropped from attention."""
+    if memory is None:
+        raise ValueError("dataset.memory_frames: a model with residual_from_first_frame needs at least 1 memory "
+                         "frame (slot 0 is the episode's first frame, the anchor of its pixels), got 0")
+    return memory["latents"][:, 0]
+
+
+def first_frame_anchors(anchor_latents: torch.Tensor, first: torch.Tensor, is_future: torch.Tensor) -> torch.Tensor:
+    """Frames being predicted are anchored on the first frame (B, V, C, H, W); clean frames stay their own."""
+    return torch.where(per_frame(is_future, anchor_latents), first[:, None].to(anchor_latents.dtype), anchor_latents)
 
 
 def guided_prediction(model, latents, state, t, actions, actions_is_pad, guidance_scale: float, **kwargs):
@@ -194,7 +218,10 @@ def sample_full_sequence(
     ctx_state = model.normalize_state(context_state)
     is_future = torch.arange(K + F_, device=device)[None].expand(B, -1) >= K
     # Anchors (for residual / state-conditioned models): the last context frame for every future frame.
-    anchor = clip_anchors(torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), is_future)
+    anchor = clip_anchors(torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), is_future,
+                          actions if actions_is_pad is None else actions.masked_fill(actions_is_pad[..., None], 0.0))
+    if model.cfg.residual_from_first_frame:
+        anchor["latents"] = first_frame_anchors(anchor["latents"], context_latents[:, 0], is_future)
     levels = torch.linspace(1.0, 0.0, num_steps + 1, device=device)
     for i in range(num_steps):
         t_future = levels[i].expand(B, F_)

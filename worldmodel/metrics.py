@@ -40,11 +40,13 @@ def spearman(real, imagined) -> float:
 
 
 def mmrv(*, real, imagined) -> float:
-    """Mean maximum rank violation; weights are gaps in the *real* success rates."""
+    """Mean maximum rank violation (SIMPLER, Li et al. 2024); weights are gaps in the *real* success rates.
+    Row i compares with a strict `>`, as SIMPLER does: with ties (common, rates are multiples of 1/episodes)
+    the direction of the comparison decides in whose row a violation counts, and so the mean."""
     real, imagined = np.asarray(real, float), np.asarray(imagined, float)
     if real.shape != imagined.shape or real.ndim != 1:
         raise ValueError(f"real/imagined: expected two equal-length vectors, got {real.shape} and {imagined.shape}")
-    disagree = (imagined[:, None] < imagined[None, :]) != (real[:, None] < real[None, :])
+    disagree = (imagined[:, None] > imagined[None, :]) != (real[:, None] > real[None, :])
     violation = np.abs(real[:, None] - real[None, :]) * disagree
     return float(violation.max(axis=1).mean())
 

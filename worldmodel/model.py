@@ -45,6 +45,16 @@ class VideoDiTConfig:
     # Each frame's adaLN conditioning also embeds its anchor's state (where the hand and the object are),
     # so the effect of an action can be read off directly (Ctrl-World conditions on absolute poses).
     condition_on_state: bool = False
+    # Residual pixels are taken from the rollout's first frame (the attention sink; in training the episode's
+    # first frame) instead of the newest one; the state keeps the newest frame as its anchor. A generated
+    # picture is then never the base of the next one, so pixel errors cannot compound over a long open-loop
+    # rollout, and an untrained model equals copy-the-first-frame. The first frame's patches are also added
+    # to every denoised frame's tokens, so each token sees what it is changing.
+    residual_from_first_frame: bool = False
+    # The state change also gets a linear path (zero at init) from the env actions summed since the anchor:
+    # position control moves the hand nearly linearly in the actions, which a transformer reads only slowly
+    # through adaLN; the network adds the rest (contacts, the object). Needs predict_residual.
+    linear_state_dynamics: bool = False
     # On CUDA, block-causal attention runs through FlexAttention (compiled; skips fully masked blocks)
     # instead of SDPA with a dense boolean mask.
     flex_attention_on_cuda: bool = True
@@ -86,10 +96,11 @@ class VideoDiTConfig:
 
 
 # Presets: plain functions returning network sizes and the design; data fields come from the dataset.
-# Every preset predicts change from the last frame and reads the anchor's state (eval/results/ablation_cpu.md).
+# Every preset predicts change: pictures from the rollout's first frame, the state from the newest frame (with a
+# linear path from the actions since it), and reads the anchor's state (eval/results/ablation_cpu.md).
 # With pixel patches a token must be about as wide as the patch it carries (16x16x3 = 768 numbers for
 # `tiny`): with x-prediction a narrower token still learns, but slower.
-DESIGN = dict(predict_residual=True, condition_on_state=True)
+DESIGN = dict(predict_residual=True, condition_on_state=True, residual_from_first_frame=True, linear_state_dynamics=True)
 
 
 def tiny() -> dict:  # the CPU design (3 views x 16 patches of 16x16 px + a state token per frame), tests, laptops
@@ -263,6 +274,14 @@ class VideoDiT(ModelMixin, ConfigMixin):
         self.null_action = nn.Parameter(torch.zeros(D))  # "no action given": dropout / guidance
         if cfg.condition_on_state:
             self.anchor_state_embed = nn.Sequential(nn.Linear(cfg.state_dim, D), nn.SiLU(), nn.Linear(D, D))
+        if cfg.residual_from_first_frame:
+            if not cfg.predict_residual:
+                raise ValueError("residual_from_first_frame: needs predict_residual=True")
+            self.anchor_patch_embed = nn.Linear(cfg.latent_channels * p * p, D)
+        if cfg.linear_state_dynamics:
+            if not cfg.predict_residual:
+                raise ValueError("linear_state_dynamics: needs predict_residual=True")
+            self.actions_to_state = nn.Linear(cfg.action_dim, cfg.state_dim)
 
         self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta) for _ in range(cfg.depth)])
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -301,7 +320,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
         for block in self.blocks:  # adaLN-Zero: every block starts as the identity
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_modulation[-1], self.out_latent, self.out_state):
+        outputs = [self.final_modulation[-1], self.out_latent, self.out_state]
+        if self.cfg.linear_state_dynamics:
+            outputs.append(self.actions_to_state)
+        for layer in outputs:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -394,15 +416,26 @@ class VideoDiT(ModelMixin, ConfigMixin):
         return noise_emb + action_emb
 
     def anchors(self, latents, state, noise_level, anchor):
-        """Per-frame anchors (latents (B, T, V, C, H, W), normalised state (B, T, S)): the newest clean frame
-        at or before each frame. Clean frames (a committed frame, a memory frame) are their own anchor, so
-        `anchor` may be left out when every frame is clean; frames being denoised need it given."""
+        """Per-frame anchors (latents (B, T, V, C, H, W), normalised state (B, T, S), and the raw env actions
+        summed since the anchor (B, T, A)): the newest clean frame at or before each frame. Clean frames (a
+        committed frame, a memory frame) are their own anchor, so `anchor` may be left out when every frame is
+        clean; frames being denoised need it given."""
         if anchor is not None:
-            return anchor["latents"], anchor["state"]
+            if self.cfg.linear_state_dynamics and "action_sum" not in anchor:
+                raise ValueError("anchor: a model with linear_state_dynamics needs anchor['action_sum'] (B, T, A), "
+                                 "the env actions summed since each frame's anchor")
+            return anchor["latents"], anchor["state"], anchor.get("action_sum")
         if bool((noise_level > 0).any()):
             raise ValueError("anchor: frames with noise_level > 0 need their anchor (the newest clean frame before "
                              "them) when the model predicts residuals or conditions on state")
-        return latents, state
+        return latents, state, None  # (a frame that is its own anchor: no actions since)
+
+    def linear_state_change(self, action_sum, action_mask, B: int, T: int) -> torch.Tensor:
+        """The linear part of the state change, from the actions since the anchor. -> (B, T, S) normalised."""
+        change = self.actions_to_state(action_sum / self.action_std)
+        if action_mask is not None:  # an unconditional prediction knows no actions
+            change = change * action_mask.reshape(B, -1).expand(B, T)[..., None].to(change.dtype)
+        return change
 
     def forward(
         self,
@@ -416,13 +449,13 @@ class VideoDiT(ModelMixin, ConfigMixin):
         camera_pose: torch.Tensor | None = None,  # (B, T, V, 12) world-to-camera extrinsics (3x4)
         context: KVContext | None = None,  # clean earlier frames, all visible
         memory: dict | None = None,  # retrieved frames, encoded alone: see encode_memory
-        anchor: dict | None = None,  # {"latents": (B, T, V, C, H, W), "state": (B, T, S) normalised}: see anchors
+        anchor: dict | None = None,  # {"latents": (B,T,V,C,H,W), "state": (B,T,S) normalised, "action_sum": (B,T,A)}
         return_kv: bool = False,
     ):
         cfg = self.cfg
         self.check_inputs(latents, state, noise_level, actions)
-        anchor_latents, anchor_state = (self.anchors(latents, state, noise_level, anchor) if cfg.uses_anchor
-                                        else (None, None))
+        anchor_latents, anchor_state, action_sum = (self.anchors(latents, state, noise_level, anchor)
+                                                    if cfg.uses_anchor else (None, None, None))
         if memory is not None:
             context = KVContext.concat([self.encode_memory(**memory), context])
         B, T, V = latents.shape[:3]
@@ -431,6 +464,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
         # Tokens: patches of every view (+ view, spatial, camera-pose embeddings) and one state token.
         patches = rearrange(latents, "b t v c (h p1) (w p2) -> b t v (h w) (c p1 p2)", p1=p, p2=p)
         x = self.patch_embed(patches) + self.spatial_pos + self.view_embed[:, None]  # (B, T, V, N, D)
+        if cfg.residual_from_first_frame:  # what each token's change is added to
+            x = x + self.anchor_patch_embed(rearrange(anchor_latents, "b t v c (h p1) (w p2) -> b t v (h w) (c p1 p2)",
+                                                      p1=p, p2=p))
         if camera_pose is None:  # zeros still go through the layer, so DDP sees every parameter used
             camera_pose = x.new_zeros(B, T, V, cfg.camera_pose_dim)
         x = x + self.camera_pose_embed(camera_pose.reshape(B, T, V, -1))[:, :, :, None]
@@ -467,6 +503,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         out_state = self.out_state(x[:, :, -1])  # (B, T, S)
         if cfg.predict_residual:
             out_latents, out_state = anchor_latents + out_latents, anchor_state + out_state
+            if cfg.linear_state_dynamics and action_sum is not None:
+                out_state = out_state + self.linear_state_change(action_sum, action_mask, B, T)
         out = {"latents": out_latents, "state": out_state}  # (B,T,V,C,H,W), (B,T,S)
         if return_kv:
             out["kv"] = KVContext(new_keys, new_values, token_pos)

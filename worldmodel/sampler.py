@@ -88,6 +88,7 @@ class StreamingSampler:
         self.frames_done = torch.zeros(B, dtype=torch.long, device=dev)  # clean frames so far per rollout
         self.last_state = torch.zeros(B, mc.state_dim, device=dev)  # raw state of the newest clean frame
         self.last_latents = torch.zeros(B, *self.latent_shape, device=dev)  # and its latents (the anchor)
+        self.first_latents = torch.zeros(B, *self.latent_shape, device=dev)  # the rollout's first frame
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # naive mode
         self.passes = 0  # forward passes over new frames (for benchmarks)
 
@@ -201,6 +202,8 @@ class StreamingSampler:
             self.memory.store(latents, state, state[:, self.pose_indices], step, active=active)
         self.last_state = torch.where(active[:, None], state, self.last_state)
         self.last_latents = torch.where(active.reshape(B, 1, 1, 1, 1), latents, self.last_latents)
+        is_first = (active & (step == 0)).reshape(B, 1, 1, 1, 1)
+        self.first_latents = torch.where(is_first, latents, self.first_latents)
         self.frames_done = self.frames_done + active.long()
 
     # -- denoising -----------------------------------------------------------------------------------
@@ -218,9 +221,13 @@ class StreamingSampler:
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1."""
         B, F = t.shape
         pos = torch.arange(F, device=self.device).expand(B, F).float()
-        # Every frame being denoised is anchored on the newest clean frame, as future frames are in training.
-        anchor = {"latents": self.last_latents[:, None].expand(B, F, *self.latent_shape),
-                  "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1)}
+        # Every frame being denoised is anchored on the newest clean frame (its pixels on the first frame, for
+        # residual_from_first_frame), as future frames are in training.
+        anchor_latents = self.first_latents if self.model.cfg.residual_from_first_frame else self.last_latents
+        anchor = {"latents": anchor_latents[:, None].expand(B, F, *self.latent_shape),
+                  "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1),
+                  # the frames being denoised follow the anchor one after another: actions since it accumulate
+                  "action_sum": actions.sum(dim=2).cumsum(dim=1)}
         return guided_prediction(self.model, x, s, t, actions, None, self.config.guidance_scale,
                                  frame_pos=pos, context=context, anchor=anchor)
 

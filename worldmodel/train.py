@@ -33,7 +33,7 @@ from worldmodel.codec import DiffusersAutoencoderCodec, PixelCodec
 from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.diffusion import DiffusionConfig, FlowMatching, GeneratorState, sample_full_sequence
 from worldmodel.metrics import psnr
-from worldmodel.model import VideoDiT, build_config, make_model
+from worldmodel.model import PRESETS, VideoDiT, build_config, make_model
 
 
 @dataclass
@@ -45,6 +45,8 @@ class ModelSpec:
     patch_size: int | None = None
     predict_residual: bool | None = None  # None: the preset's choice (see VideoDiTConfig)
     condition_on_state: bool | None = None
+    residual_from_first_frame: bool | None = None
+    linear_state_dynamics: bool | None = None
 
 
 @dataclass
@@ -83,7 +85,9 @@ class LoopConfig:
 
 @dataclass
 class TrainConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # 6-frame clips with the episode's first frame + 2 pose-retrieved frames as memory (the presets anchor
+    # pictures on the first frame, memory slot 0): eval/results/ablation_cpu.md.
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(clip_frames=6, memory_frames=3))
     model: ModelSpec = field(default_factory=ModelSpec)
     codec: CodecSpec = field(default_factory=CodecSpec)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -117,10 +121,25 @@ def make_codec(cfg: TrainConfig):
                                                      subfolder=cfg.codec.subfolder)
 
 
+def check_design(cfg: TrainConfig) -> None:
+    """Design choices the data must support, checked before any video is decoded."""
+    spec = cfg.model
+    if spec.preset not in PRESETS:
+        raise ValueError(f"model.preset: {spec.preset!r} is not one of {sorted(PRESETS)}")
+    from_first = spec.residual_from_first_frame
+    if from_first is None:
+        from_first = PRESETS[spec.preset]().get("residual_from_first_frame", False)
+    if from_first and cfg.dataset.memory_frames < 1:
+        raise ValueError("dataset.memory_frames: model.residual_from_first_frame needs at least 1 (memory slot 0 is "
+                         f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
+
+
 def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
     spec = cfg.model
     sizes = dict(hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads, patch_size=spec.patch_size,
-                 predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state)
+                 predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state,
+                 residual_from_first_frame=spec.residual_from_first_frame,
+                 linear_state_dynamics=spec.linear_state_dynamics)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
@@ -185,6 +204,7 @@ def train(cfg: TrainConfig) -> Path:
         raise FileExistsError(f"output_dir: {out} already holds checkpoints; pass --resume=true to continue "
                               "or choose another --output_dir")
     set_seed(loop.seed)
+    check_design(cfg)
 
     train_episodes, val_episodes = split_episodes(cfg)
     # The main process builds the decoded cache first; the others then find it ready.
