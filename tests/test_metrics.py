@@ -17,11 +17,36 @@ def test_mmrv_by_hand_and_the_argument_order_trap():
     assert mmrv(real=imagined, imagined=real) == pytest.approx((0 + 0.2 + 0.2) / 3)
     assert mmrv(real=[0.0, 0.5, 1.0], imagined=[0.1, 0.2, 0.3]) == 0.0  # same order, any scale
     assert mmrv(real=[0.0, 0.5, 1.0], imagined=[1.0, 0.5, 0.0]) == pytest.approx((1.0 + 0.5 + 1.0) / 3)
-    # An imagined tie between really different policies counts once: for the really worse policy, the
-    # tie fails to put it below the better one (0.6); the better one is "not below" in both (0).
-    assert mmrv(real=[0.2, 0.8], imagined=[0.5, 0.5]) == pytest.approx((0.6 + 0.0) / 2)
+    # An imagined tie between really different policies counts once, in the row of the really better
+    # policy (the tie fails to put it above the worse one: 0.6); the worse one is "not above" in both (0).
+    assert mmrv(real=[0.2, 0.8], imagined=[0.5, 0.5]) == pytest.approx((0.0 + 0.6) / 2)
     with pytest.raises(ValueError, match="real/imagined"):
         mmrv(real=[0.1, 0.2], imagined=[0.1])
+
+
+def simpler_mmrv(sim, real):
+    """SIMPLER's mean_maximum_rank_violation, transcribed loop for loop from its definition."""
+    violations = []
+    for i in range(len(sim)):
+        worst = 0.0
+        for j in range(len(sim)):
+            if (sim[i] > sim[j]) != (real[i] > real[j]):
+                worst = max(worst, abs(real[i] - real[j]))
+        violations.append(worst)
+    return float(np.mean(violations))
+
+
+def test_mmrv_equals_simpler_on_tied_rates():
+    rng = np.random.default_rng(0)
+    differs_from_the_mirrored_comparison = 0
+    for _ in range(500):
+        # 10 policies x 20 episodes: every rate is a multiple of 0.05, so ties are frequent.
+        real, imagined = rng.integers(0, 21, 10) / 20, rng.integers(0, 21, 10) / 20
+        assert mmrv(real=real, imagined=imagined) == pytest.approx(simpler_mmrv(imagined, real), abs=1e-12)
+        mirrored = (imagined[:, None] < imagined[None, :]) != (real[:, None] < real[None, :])
+        alt = float((np.abs(real[:, None] - real[None, :]) * mirrored).max(axis=1).mean())
+        differs_from_the_mirrored_comparison += not np.isclose(alt, simpler_mmrv(imagined, real))
+    assert differs_from_the_mirrored_comparison > 50  # the cases this test exists for do occur
 
 
 def test_pearson_and_spearman_by_hand():
