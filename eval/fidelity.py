@@ -58,7 +58,7 @@ class FidelityConfig:
     horizons_s: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0])  # robot time
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
         steps=4, window=4, sink_frames=1, recent_frames=4,
-        memory=MemoryConfig(k=2, capacity=64), action_to_pose=ACTION_TO_POSE))
+        memory=MemoryConfig(k=2, capacity=64)))  # the memory query's control gain is the model's own
     variants: list[str] = field(default_factory=lambda: ["full", "no_memory", "no_sinks", "chunk"])
     # The training set the state baselines are fitted on (None: no state baselines).
     baseline_dataset: DatasetConfig | None = field(default_factory=lambda: DatasetConfig(

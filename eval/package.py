@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from worldmodel.codec import CODEC_SUBFOLDER
 from worldmodel.judge import SuccessJudge
 from worldmodel.model import VideoDiT
 
@@ -79,6 +80,8 @@ def package_model(cfg: PackageConfig) -> Path:
     final, tmp = dest / cfg.name, dest / f".{cfg.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if (train_dir / "model" / CODEC_SUBFOLDER).is_dir():  # the model's own autoencoder travels with it
+        shutil.copytree(train_dir / "model" / CODEC_SUBFOLDER, tmp / CODEC_SUBFOLDER)
     train_config = json.loads((train_dir / "train_config.json").read_text())
     (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
     summary = json.loads((train_dir / "train_summary.json").read_text())

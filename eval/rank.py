@@ -31,7 +31,7 @@ from tqdm import tqdm
 from policies.metaworld import FAMILY, make_family
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
-from worldmodel.judge import StateDistanceJudge, SuccessJudge
+from worldmodel.judge import StateDistanceJudge, SuccessJudge, judge_window
 from worldmodel.metrics import bootstrap_ranking_metrics
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
@@ -138,7 +138,7 @@ def rank(cfg: RankConfig) -> dict:
     model = VideoDiT.from_pretrained(cfg.model)
     keys, stride = list(model.cfg.camera_keys), model.cfg.frame_stride
     judge, judge_name = load_judge(cfg)
-    judge_k = 2
+    judge_k = judge_window(judge)
     names = cfg.policies or list(FAMILY)
     env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=camera_names(model),
                                                 image_size=model.cfg.image_size,
@@ -164,7 +164,7 @@ def rank(cfg: RankConfig) -> dict:
         batch = pairs[lo:lo + cfg.batch_size]
         B = len(batch)
         world = WorldModel(model, cfg.sampler, batch_size=B, device=cfg.device, seed=cfg.seed + lo)
-        imagined_env = ImaginedVectorEnv(world, judge, cfg.max_episode_steps, task=cfg.task, judge_frames=judge_k)
+        imagined_env = ImaginedVectorEnv(world, judge, cfg.max_episode_steps, task=cfg.task)
         initial = {k: np.stack([real[p]["initial"][k] for p in batch]) for k in keys + ["observation.state"]}
         obs, _ = imagined_env.reset(options={"observations": initial})
         groups = {}  # policy name -> (policy instance, rows)

@@ -70,3 +70,26 @@ def test_latents_precomputed_into_the_dataset_cache(tmp_path, tiny_dataset_root,
     again = ClipDataset(clips.cfg)
     monkeypatch.setattr(codec, "encode", lambda x: (_ for _ in ()).throw(AssertionError("re-encoded")))
     assert again.attach_latents(codec) == path
+
+
+def test_a_model_trained_with_an_autoencoder_in_a_subfolder_opens_after_being_moved(tmp_path, tiny_dataset_root):
+    import shutil
+
+    from worldmodel.train import main as train_main
+    from worldmodel.world import WorldModel
+
+    tiny_autoencoder_kl().save_pretrained(tmp_path / "hub_repo" / "vae")  # a repo whose autoencoder is a subfolder
+    args = {"dataset.root": tiny_dataset_root, "dataset.repo_id": "test/tiny", "dataset.camera_keys": "[corner,gripperPOV]",
+            "dataset.image_size": 32, "dataset.frame_stride": 3, "dataset.clip_frames": 4, "dataset.memory_frames": 2,
+            "codec.autoencoder": tmp_path / "hub_repo", "codec.subfolder": "vae", "model.patch_size": 2,
+            "model.hidden_size": 32, "model.depth": 1, "model.num_heads": 2, "train.steps": 2, "train.batch_size": 2,
+            "train.num_workers": 0, "train.val_episodes": 1, "train.val_clips": 2, "train.val_sampling_steps": 1,
+            "output_dir": tmp_path / "run"}
+    train_main([f"--{k}={v}" for k, v in args.items()])
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.move(tmp_path / "run" / "model", moved)
+    shutil.rmtree(tmp_path / "hub_repo")  # the original autoencoder is gone too
+    world = WorldModel.from_pretrained(moved, batch_size=1, device="cpu")
+    assert world.codec.latent_size == 8 and world.codec.path == str(moved / "codec")
+    images = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    assert world.codec.decode(world.codec.encode(images)).shape == images.shape

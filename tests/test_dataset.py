@@ -106,6 +106,19 @@ def test_stats_travel_with_the_dataset(clips, parquet):
     assert len(clips.stats["state_std"]) == 39 and min(clips.stats["state_std"]) >= 1e-3
 
 
+def test_the_control_gain_is_fitted_from_the_dataset(clips):
+    """MetaWorld's hand follows action[:3]: the fitted (A, P) gain is a positive diagonal for x, y, z that
+    predicts each step's hand motion better than assuming no motion."""
+    gain = np.asarray(clips.action_to_pose())
+    assert gain.shape == (clips.action_dim, len(clips.cfg.pose_indices))
+    xyz = gain[:3, :3]
+    assert (np.diag(xyz) > 0.001).all() and (np.abs(xyz - np.diag(np.diag(xyz))) < np.diag(xyz).min() / 3).all()
+    cache = clips.cache
+    rows = np.concatenate([np.arange(s, s + n - 1) for s, n in zip(cache.episode_start, cache.episode_length)])
+    change = cache.states[rows + 1][:, :4] - cache.states[rows][:, :4]
+    assert ((change - cache.actions[rows] @ gain) ** 2).mean() < 0.5 * (change ** 2).mean()
+
+
 def test_bad_inputs_raise_clear_errors(tiny_dataset_root):
     with pytest.raises(KeyError, match="camera_keys.*'wrist'"):
         ClipDataset(config(tiny_dataset_root, camera_keys=["corner", "wrist"]))
@@ -117,6 +130,24 @@ def test_bad_inputs_raise_clear_errors(tiny_dataset_root):
         ClipDataset(config(tiny_dataset_root, state_key="observation.joints"))
     with pytest.raises(ValueError, match="clip_frames"):
         ClipDataset(config(tiny_dataset_root, clip_frames=20, frame_stride=3))
+    for size in (0, -4):
+        with pytest.raises(ValueError, match="image_size"):
+            ClipDataset(config(tiny_dataset_root, image_size=size))
+
+
+def test_an_older_lerobot_dataset_gets_the_exact_local_conversion_command(tiny_dataset_root, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "someone" / "old_dataset"
+    shutil.copytree(tiny_dataset_root, old)
+    info = json.loads((old / "meta" / "info.json").read_text())
+    (old / "meta" / "info.json").write_text(json.dumps({**info, "codebase_version": "v2.1"}))
+    with pytest.raises(ValueError, match="v2.1") as error:
+        ClipDataset(config(old))
+    message = str(error.value)
+    assert f"--root={tmp_path}" in message and "--repo-id=someone/old_dataset" in message
+    assert "--push-to-hub=false" in message
 
 
 def test_memory_frames_come_from_earlier_in_the_episode_by_pose(tiny_dataset_root):

@@ -217,3 +217,17 @@ def test_linear_state_dynamics_adds_a_linear_function_of_the_actions_since_the_a
     # A prediction without actions (classifier-free guidance's unconditional half) has no action path.
     dropped = model(**x, anchor=pushed, action_mask=torch.zeros(B, dtype=torch.bool))["state"]
     torch.testing.assert_close(dropped, model(**x, anchor=anchor, action_mask=torch.zeros(B, dtype=torch.bool))["state"])
+
+
+def test_a_folder_of_the_wrong_kind_is_named(tmp_path):
+    from dataclasses import asdict
+
+    from worldmodel.judge import JudgeNetConfig, SuccessJudge
+
+    random_model().save_pretrained(tmp_path / "world")
+    SuccessJudge(config=asdict(JudgeNetConfig(num_views=2, image_size=32))).save_pretrained(tmp_path / "judge")
+    with pytest.raises(ValueError, match="holds a world model"):
+        SuccessJudge.from_pretrained(tmp_path / "world")
+    with pytest.raises(ValueError, match="holds a success judge"):
+        VideoDiT.from_pretrained(tmp_path / "judge")
+    assert isinstance(VideoDiT.from_pretrained(tmp_path / "world"), VideoDiT)

@@ -112,6 +112,11 @@ def test_resetting_one_rollout_leaves_it_exactly_like_a_fresh_one(model):
     busy = StreamingSampler(model, config, B)
     busy.reset(torch.randn(B, 1, V, 3, SIZE, SIZE), torch.randn(B, 1, 39))
     run(busy, 6)
+    # Rollout 1 went wrong before its reset: NaN in every buffer it owns. The reset must leave none behind
+    # (a masked key still multiplies its value by 0, and 0 x NaN is NaN).
+    for buffer in (*busy.sink_k, *busy.sink_v, *busy.recent_k, *busy.recent_v, busy.last_state, busy.last_latents,
+                   busy.memory.latents, busy.memory.state, busy.memory.pose):
+        buffer[1] = float("nan")
     busy.reset(*obs, rollouts=torch.tensor([False, True]))  # rollout 1 restarts, rollout 0 goes on
     assert busy.frames_done.tolist() == [7, 1]
     got, _ = run(busy, 4, seed=9, action_seed=3)
@@ -121,6 +126,8 @@ def test_resetting_one_rollout_leaves_it_exactly_like_a_fresh_one(model):
 
 def test_bad_use_is_refused(model):
     sampler = StreamingSampler(model, SamplerConfig(), 1)
+    with pytest.raises(ValueError, match="standard deviations"):  # finite but absurd: refused, not NaN frames
+        sampler.rollout(actions(1, batch=1) * 1e12)
     with pytest.raises(RuntimeError, match="reset"):
         sampler.rollout(actions(1, batch=1))
     sampler = start(model, SamplerConfig(), batch=1)

@@ -48,6 +48,8 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server):
         assert "too large" in next_of(ws, "error")["message"]
         ws.send_text(json.dumps([1, 2]))
         assert "JSON objects" in next_of(ws, "error")["message"]
+        ws.send_text("[" * 2000)  # under the size limit, but json.loads would recurse 2000 levels deep
+        assert "nested too deeply" in next_of(ws, "error")["message"]
         ws.send_text(json.dumps({"type": "reset", "episode": 99}))
         assert "episode" in next_of(ws, "error")["message"]
         for i in range(2000):  # a key flood
@@ -127,3 +129,44 @@ def test_browser_drives_the_imagined_robot_and_records(server, tmp_path):
     assert dataset.meta.total_episodes == 1 and len(dataset) >= 8
     actions = np.stack([dataset[i]["action"].numpy() for i in range(len(dataset))])
     assert (actions[:, 0] == 1.0).any() and (actions[:, 1] == -1.0).any()
+
+
+class CountingPolicy:
+    """A policy with per-episode state (like ACT's action queue): its action counts its calls since reset."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def reset(self):
+        self.calls = 0
+
+    def select_action(self, observation):
+        self.calls += 1
+        return np.array([[min(self.calls / 100, 1.0), 0.0, 0.0, -1.0]], np.float32)
+
+
+def test_sessions_drive_their_own_policy_and_are_capped(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    cfg = TeleopConfig(model=str(tiny_world_model_dir), dataset=DatasetConfig(root=str(tiny_dataset_root),
+                       repo_id="test/tiny"), record_root=str(tmp_path / "teleop"), device="cpu", max_sessions=2,
+                       sampler=SamplerConfig(steps=1, window=1, rolling=False))
+    server = TeleopServer(cfg, policy=CountingPolicy())
+    client = TestClient(server.app)
+    with client.websocket_connect("/ws") as driven, client.websocket_connect("/ws") as other:
+        for ws in (driven, other):
+            next_of(ws, "hello")
+            next_of(ws, "frame")
+        driven.send_json({"type": "mode", "mode": "policy"})  # only the first page hands over to the policy
+        driven.send_json({"type": "ack"})
+        other.send_json({"type": "ack"})
+        for _ in range(3):
+            next_of(driven, "frame")
+            driven.send_json({"type": "ack"})
+        session = next(s for s in server.sessions if s.mode == "policy")
+        before = session.policy.calls
+        assert before > 0 and server.policy.calls == 0
+        other.send_json({"type": "reset", "episode": 1})  # the other page restarts its own episode
+        next_of(other, "frame")
+        assert session.policy.calls >= before  # the driven page's policy state is its own: not reset
+        with client.websocket_connect("/ws") as third:  # past the cap: a clear refusal
+            message = third.receive_json()
+            assert message["type"] == "error" and "at most 2" in message["message"]

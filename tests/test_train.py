@@ -189,3 +189,49 @@ def test_a_time_budget_stops_training_and_counts_over_resumes(tiny_dataset_root,
     resumed = json.loads((out / "train_summary.json").read_text())
     assert resumed["resumed_from_step"] == summary["steps"] and resumed["steps"] > summary["steps"]
     assert 6.0 <= resumed["wall_seconds"] < resumed["seconds"] + state["wall_seconds"] + 1
+
+
+def test_every_documented_mixed_precision_value_parses_and_bad_values_name_the_field():
+    import draccus
+
+    from worldmodel.train import TrainConfig, check_config, mixed_precision_mode
+
+    for flag, mode in (("no", "no"), ("bf16", "bf16"), ("fp16", "fp16")):
+        cfg = draccus.parse(TrainConfig, args=[f"--train.mixed_precision={flag}"])
+        assert mixed_precision_mode(cfg.train.mixed_precision) == mode  # `no` arrives as YAML false
+    assert mixed_precision_mode(None) in ("no", "bf16")
+    cfg = draccus.parse(TrainConfig, args=["--train.mixed_precision=fp8"])
+    with pytest.raises(ValueError, match="train.mixed_precision"):
+        check_config(cfg)
+
+
+def test_designs_the_data_cannot_support_are_refused_before_any_decoding():
+    import draccus
+
+    from worldmodel.train import TrainConfig, check_config
+
+    cfg = draccus.parse(TrainConfig, args=["--dataset.memory_frames=0", "--dataset.root=/nonexistent"])
+    with pytest.raises(ValueError, match="dataset.memory_frames"):
+        check_config(cfg)
+    for size in (0, -8, 40):  # 40 is not a multiple of tiny's 16-pixel patches
+        cfg = draccus.parse(TrainConfig, args=[f"--dataset.image_size={size}", "--dataset.root=/nonexistent"])
+        with pytest.raises(ValueError, match="dataset.image_size"):
+            check_config(cfg)
+
+
+def test_a_truncated_checkpoint_is_named_and_skipped_and_resumed_steps_are_logged_once(tiny_dataset_root, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "cut"
+    common = {"train.checkpoint_every": 5, "train.val_every": 10**6, "train.log_every": 1}
+    train_main(train_args(tiny_dataset_root, out, 10, **common))
+    weights = out / "checkpoints" / "step_000010" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a crash or a full disk cut the newest checkpoint short
+    capsys.readouterr()
+    train_main(train_args(tiny_dataset_root, out, 12, **common, resume="true"))
+    printed = capsys.readouterr().out
+    assert "step_000010" in printed and "unreadable" in printed
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == 5 and summary["steps"] == 12
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert logged == list(range(1, 13))  # steps 6-10 ran twice; each is logged once

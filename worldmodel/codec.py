@@ -6,12 +6,18 @@
 
 Both take and return tensors with any leading dims: (..., 3, H, W) <-> (..., c, h, w). The network
 patchifies the latent grid itself, so a codec knows nothing about tokens. A codec is described by a
-small JSON dict saved in every checkpoint (`description()` / `codec_from_description`).
+small JSON dict saved in every checkpoint (`description()` / `codec_from_description`). A model trained
+with an autoencoder keeps a copy of it in its own folder (`codec/`, see `save_into`), so the folder opens
+wherever it is moved.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+CODEC_SUBFOLDER = "codec"  # where a model folder keeps its own copy of its autoencoder
 
 
 class PixelCodec:
@@ -34,16 +40,23 @@ class PixelCodec:
     def description(self) -> dict:
         return {"type": "pixel", "image_size": self.image_size}
 
+    def packaged_description(self) -> dict:  # nothing to carry: pixels need no weights
+        return self.description()
+
+    def save_into(self, model_folder) -> None:
+        pass
+
 
 class DiffusersAutoencoderCodec:
     """Wraps a diffusers autoencoder; latents are `(z - shift) * scale` so that they are ~unit variance."""
 
     def __init__(self, autoencoder, image_size: int, path: str | None = None,
-                 scaling_factor: float | None = None, shift_factor: float | None = None):
+                 scaling_factor: float | None = None, shift_factor: float | None = None,
+                 subfolder: str | None = None):
         config = autoencoder.config
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.image_size = image_size
-        self.path = path
+        self.path, self.subfolder = path, subfolder
         self.scaling_factor = float(scaling_factor if scaling_factor is not None
                                     else getattr(config, "scaling_factor", 1.0) or 1.0)
         self.shift_factor = float(shift_factor if shift_factor is not None
@@ -61,7 +74,7 @@ class DiffusersAutoencoderCodec:
         from diffusers import AutoModel
 
         autoencoder = AutoModel.from_pretrained(path, subfolder=subfolder)
-        return cls(autoencoder, image_size, path=str(path), **kwargs)
+        return cls(autoencoder, image_size, path=str(path), subfolder=subfolder, **kwargs)
 
     def _flatten(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         return x.reshape(-1, *x.shape[-3:]), x.shape[:-3]
@@ -91,16 +104,28 @@ class DiffusersAutoencoderCodec:
         if self.path is None:
             raise ValueError("codec: an autoencoder built in memory has no path; save it with "
                              "save_pretrained(dir) and load it with DiffusersAutoencoderCodec.from_pretrained(dir)")
-        return {"type": "diffusers_autoencoder", "path": self.path, "image_size": self.image_size,
-                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
+        return {"type": "diffusers_autoencoder", "path": self.path, "subfolder": self.subfolder,
+                "image_size": self.image_size, "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
+
+    def packaged_description(self) -> dict:
+        """The description a model folder stores: its own copy (`codec/`, written by `save_into`), and where
+        that copy came from."""
+        source = self.path + (f" (subfolder {self.subfolder})" if self.subfolder else "")
+        return {**self.description(), "path": CODEC_SUBFOLDER, "subfolder": None, "source": source}
+
+    def save_into(self, model_folder) -> None:
+        self.autoencoder.save_pretrained(Path(model_folder) / CODEC_SUBFOLDER)
 
 
-def codec_from_description(description: dict):
-    """Rebuild the codec a checkpoint was trained with."""
+def codec_from_description(description: dict, model_folder=None):
+    """Rebuild the codec a checkpoint was trained with; a relative path is inside `model_folder`."""
     if description["type"] == "pixel":
         return PixelCodec(description["image_size"])
     if description["type"] == "diffusers_autoencoder":
+        path = Path(description["path"])
+        if not path.is_absolute() and model_folder is not None:
+            path = Path(model_folder) / path
         return DiffusersAutoencoderCodec.from_pretrained(
-            description["path"], description["image_size"],
+            str(path), description["image_size"], subfolder=description.get("subfolder"),
             scaling_factor=description["scaling_factor"], shift_factor=description["shift_factor"])
     raise ValueError(f"codec: unknown type {description['type']!r}; expected 'pixel' or 'diffusers_autoencoder'")

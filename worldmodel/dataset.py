@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -83,6 +83,45 @@ def normalization_stats(meta, action_key: str, state_key: str) -> dict[str, list
         stats[f"{name}_mean"] = mean.tolist()
         stats[f"{name}_std"] = np.maximum(std, 1e-3).tolist()
     return stats
+
+
+def open_lerobot_dataset(cfg: DatasetConfig):
+    """LeRobotDataset(repo_id, root); a dataset in the older v2.1 format gets the exact local conversion
+    command instead of lerobot's, which points at the hub."""
+    from lerobot.datasets.backward_compatibility import BackwardCompatibilityError
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    try:
+        return LeRobotDataset(cfg.repo_id, root=cfg.root, episodes=cfg.episodes, video_backend=cfg.video_backend)
+    except BackwardCompatibilityError as error:
+        if cfg.root is None:
+            raise
+        path = Path(cfg.root).resolve()
+        # The converter works in place on <root>/<repo-id>: split the folder's path that way.
+        raise ValueError(
+            f"dataset.root: {path} is a LeRobotDataset v2.1; this toolkit reads v3.0. Convert it in place, "
+            f"offline, with:\n  python -m lerobot.datasets.v30.convert_dataset_v21_to_v30 "
+            f"--repo-id={path.parent.name}/{path.name} --root={path.parent.parent} --push-to-hub=false"
+        ) from error
+
+
+def write_episode(dataset, frames, task: str) -> None:
+    """One whole episode into a lerobot dataset: every frame (a dict of features), then `save_episode`. On any
+    failure, Ctrl-C included, the half-built episode buffer is dropped: the dataset never holds part of one."""
+    try:
+        for frame in frames:
+            dataset.add_frame({**frame, "task": task})
+        dataset.save_episode()
+    except BaseException:
+        dataset.clear_episode_buffer()
+        raise
+
+
+def start_frames(dataset: DatasetConfig, model_config) -> "ClipDataset":
+    """A dataset's episodes as starting points for a model: every frame at the model's views and image size
+    (`first_observations` gives an episode's first frame as a real env's reset would)."""
+    return ClipDataset(replace(dataset, camera_keys=list(model_config.camera_keys), image_size=model_config.image_size,
+                               frame_stride=1, clip_frames=1, memory_frames=0))
 
 
 def _cache_root(cfg: DatasetConfig) -> Path:
@@ -168,15 +207,14 @@ class ClipDataset(torch.utils.data.Dataset):
     """Clips of `clip_frames` world-model frames, `frame_stride` env steps apart, inside one episode."""
 
     def __init__(self, cfg: DatasetConfig):
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
         self.cfg = cfg
         if cfg.frame_stride < 1:
             raise ValueError(f"frame_stride: expected >= 1, got {cfg.frame_stride}")
         if cfg.clip_frames < 1:
             raise ValueError(f"clip_frames: expected >= 1, got {cfg.clip_frames}")
-        self.lerobot_dataset = LeRobotDataset(cfg.repo_id, root=cfg.root, episodes=cfg.episodes,
-                                              video_backend=cfg.video_backend)
+        if cfg.image_size < 1:
+            raise ValueError(f"image_size: expected a positive number of pixels, got {cfg.image_size}")
+        self.lerobot_dataset = open_lerobot_dataset(cfg)
         meta = self.lerobot_dataset.meta
         features = meta.features
         self.camera_keys = resolve_camera_keys(cfg.camera_keys, meta.camera_keys)
@@ -332,6 +370,20 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.clip(*self.locate(index))
+
+    def action_to_pose(self) -> list[list[float]]:
+        """(A, P) pose change per env action, least squares over every step of every cached episode (the
+        robot's own control gain, e.g. MetaWorld's hand moves action[:3] / 100 per step). The sampler's
+        memory asks "where will the arm be" with it."""
+        cache, pose = self.cache, list(self.cfg.pose_indices)
+        changes, actions = [], []
+        for start, length in zip(cache.episode_start, cache.episode_length):
+            rows = np.arange(start, start + length - 1)
+            changes.append(cache.states[rows + 1][:, pose] - cache.states[rows][:, pose])
+            actions.append(cache.actions[rows])
+        gain, *_ = np.linalg.lstsq(np.concatenate(actions).astype(np.float64),
+                                   np.concatenate(changes).astype(np.float64), rcond=None)
+        return gain.round(6).tolist()
 
     def first_observations(self, positions) -> dict[str, np.ndarray]:
         """The first frame of the episodes at cache `positions`, in LeRobot keys:

@@ -48,6 +48,20 @@ class DiffusionConfig:
     noisy_anchor: bool = False
 
 
+def noise_levels(steps: int, device=None) -> torch.Tensor:
+    """The sampler's schedule: `steps` Euler updates from t = 1 (noise) to t = 0 (clean), evenly spaced."""
+    return torch.linspace(1.0, 0.0, steps + 1, device=device)
+
+
+def euler_step(x: torch.Tensor, x0: torch.Tensor, t_now, t_next) -> torch.Tensor:
+    """One Euler update of x at level t_now to t_next along the velocity implied by the prediction x0; at
+    t_next = 0 it lands exactly on x0. t_now, t_next: scalars, or (B, F) per frame (broadcast over x)."""
+    keep = t_next / t_now
+    if torch.is_tensor(keep) and keep.ndim:
+        keep = per_frame(keep, x)
+    return keep * x + (1 - keep) * x0
+
+
 def per_frame(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B, T) -> broadcastable over the trailing dims of `like`."""
     return t.reshape(*t.shape, *([1] * (like.ndim - t.ndim)))
@@ -222,14 +236,12 @@ def sample_full_sequence(
                           actions if actions_is_pad is None else actions.masked_fill(actions_is_pad[..., None], 0.0))
     if model.cfg.residual_from_first_frame:
         anchor["latents"] = first_frame_anchors(anchor["latents"], context_latents[:, 0], is_future)
-    levels = torch.linspace(1.0, 0.0, num_steps + 1, device=device)
+    levels = noise_levels(num_steps, device)
     for i in range(num_steps):
         t_future = levels[i].expand(B, F_)
         t_all = torch.cat([torch.zeros(B, K, device=device), t_future], dim=1)
         out = guided_prediction(model, torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), t_all,
                                 actions, actions_is_pad, guidance_scale, anchor=anchor)
-        # Euler step on the implied velocity; at the last step (t -> 0) this lands exactly on x0.
-        keep = levels[i + 1] / levels[i]
-        x = keep * x + (1 - keep) * out["latents"][:, K:]
-        s = keep * s + (1 - keep) * out["state"][:, K:]
+        x = euler_step(x, out["latents"][:, K:], levels[i], levels[i + 1])
+        s = euler_step(s, out["state"][:, K:], levels[i], levels[i + 1])
     return x, model.denormalize_state(s)

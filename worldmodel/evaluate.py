@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.dataset import DatasetConfig, start_frames
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.judge import SuccessJudge
 from worldmodel.model import VideoDiT
@@ -44,9 +44,7 @@ class EvalConfig:
 
 def initial_observations(model: VideoDiT, cfg: EvalConfig) -> tuple[dict, str]:
     """First frame of `episodes` episodes, at the model's views and size, in LeRobot keys."""
-    keys = list(model.cfg.camera_keys)
-    clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "camera_keys": keys, "image_size": model.cfg.image_size,
-                                         "frame_stride": 1, "clip_frames": 1, "memory_frames": 0}))
+    clips = start_frames(cfg.dataset, model.cfg)
     observations = clips.first_observations(np.arange(cfg.episodes))
     task = str(clips.lerobot_dataset.meta.tasks.index[0]) if len(clips.lerobot_dataset.meta.tasks) else ""
     return observations, task
@@ -62,8 +60,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     for path in tqdm(cfg.policies, desc="policies", unit="policy"):
         policy = LeRobotPolicy.from_pretrained(path, task=task, name=path)
         world = WorldModel(model, cfg.sampler, batch_size=cfg.episodes, device=cfg.device, seed=cfg.seed)
-        env = ImaginedVectorEnv(world, judge.probability, cfg.max_episode_steps, task=task,
-                                judge_frames=judge.cfg.frames)
+        env = ImaginedVectorEnv(world, judge.probability, cfg.max_episode_steps, task=task)
         obs, _ = env.reset(options={"observations": start})
         policy.reset()
         for _ in range(cfg.max_episode_steps):

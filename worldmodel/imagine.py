@@ -24,15 +24,15 @@ and never leaves half of one (the episode being written is dropped and redone).
 from __future__ import annotations
 
 import json
-import os
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.atomic import write_json_atomic
+from worldmodel.dataset import DatasetConfig, start_frames, write_episode
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
@@ -61,12 +61,6 @@ class ImagineConfig:
     vcodec: str = "libsvtav1"
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 class Imaginer:
     """Generates the dataset; `policies` are objects with reset()/select_action() (any adapter)."""
 
@@ -76,9 +70,7 @@ class Imaginer:
         self.cfg, self.policies, self.judge = cfg, policies, judge
         self.model = VideoDiT.from_pretrained(cfg.model)
         keys = list(self.model.cfg.camera_keys)
-        self.source = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "camera_keys": keys,
-                                                   "image_size": self.model.cfg.image_size, "frame_stride": 1,
-                                                   "clip_frames": 1, "memory_frames": 0}))
+        self.source = start_frames(cfg.dataset, self.model.cfg)
         meta = self.source.lerobot_dataset.meta
         for key in keys:
             if tuple(meta.features[key]["shape"][:2]) != (self.model.cfg.image_size,) * 2:
@@ -102,7 +94,7 @@ class Imaginer:
                            "keep_failures": cfg.keep_failures, "policies": list(policies), "seed": cfg.seed,
                            "source": cfg.dataset.root or cfg.dataset.repo_id,
                            "warmup_random_steps": cfg.warmup_random_steps, "jobs": {}}
-            _write_json_atomic(self.ledger_path, self.ledger)
+            write_json_atomic(self.ledger_path, self.ledger)
         # A crash can leave saved episodes the ledger has not heard of (saved, then killed before the
         # ledger write): those are real and whole, but their jobs would run again; refuse to guess.
         recorded = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
@@ -136,7 +128,7 @@ class Imaginer:
                         index = self.save(episode, task, score) if keep else None
                         kept += keep
                         self.ledger["jobs"][job["id"]] = {**job, "episode_index": index, "score": float(score)}
-                        _write_json_atomic(self.ledger_path, self.ledger)
+                        write_json_atomic(self.ledger_path, self.ledger)
                         progress.update(1)
                         progress.set_postfix(kept=kept)
         finally:
@@ -172,7 +164,8 @@ class Imaginer:
     def save(self, episode: list, task: str, score: float) -> int:
         """Write one whole episode; on any interruption the partial buffer is dropped."""
         index = self.dataset.meta.total_episodes
-        try:
+
+        def frames():
             for obs, action, success in episode:
                 frame = {k: obs[k] for k in self.features if k in obs}
                 frame["action"] = action
@@ -182,11 +175,9 @@ class Imaginer:
                     frame["next.reward"] = np.array([float(success)], np.float32)
                 if "imagined.success_probability" in self.features:
                     frame["imagined.success_probability"] = np.array([score], np.float32)
-                self.dataset.add_frame({**frame, "task": task})
-            self.dataset.save_episode()
-        except BaseException:
-            self.dataset.clear_episode_buffer()
-            raise
+                yield frame
+
+        write_episode(self.dataset, frames(), task)
         return index
 
 
@@ -199,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = draccus.parse(ImagineConfig, args=argv)
     if not cfg.policies:
         raise ValueError("policies: give at least one LeRobot pretrained policy folder")
+    judge = SuccessJudge.from_pretrained(cfg.judge).eval()  # a wrong folder fails before any policy loads
     policies = {p: LeRobotPolicy.from_pretrained(p, name=p) for p in cfg.policies}
-    judge = SuccessJudge.from_pretrained(cfg.judge).eval()
     ledger = Imaginer(cfg, policies, judge.probability).run()
     kept = sum(1 for j in ledger["jobs"].values() if j["episode_index"] is not None)
     print(f"{kept} of {len(ledger['jobs'])} imagined rollouts kept in {cfg.output_root}")

@@ -2,7 +2,9 @@
 
 A judge is any callable `(frames, states, task) -> probability`, with frames (B, K, V, 3, H, W) uint8
 of the last K world-model frames of every view, states (B, K, S) and the task string; a VLM or a file
-of human labels fits behind the same signature.
+of human labels fits behind the same signature. K travels with the judge: its `frames` attribute (for a
+bound method such as `SuccessJudge.probability`, its owner's), 1 when it has none; every caller asks
+`judge_window(judge)`.
 
     SuccessJudge         a small CNN over the last K frames of every view (+ the state), trained on a
                          LeRobotDataset's per-frame success flags (`wm judge`); its callable is
@@ -26,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from tqdm import tqdm
 
 from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.model import check_folder_kind
 
 
 @dataclass
@@ -72,6 +75,15 @@ class SuccessJudge(ModelMixin, ConfigMixin):
         return self.head(feats).squeeze(1)
 
     @torch.no_grad()
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "SuccessJudge":
+        check_folder_kind(path, "SuccessJudge")
+        return super().from_pretrained(path, **kwargs)
+
+    @property
+    def frames(self) -> int:  # K: the judge contract (judge_window)
+        return self.cfg.frames
+
     def probability(self, frames, states, task: str = "") -> torch.Tensor:
         """The judge protocol: (frames, states, task) -> success probability (B,). Pass
         `judge.probability` wherever a judge callable is expected."""
@@ -80,8 +92,16 @@ class SuccessJudge(ModelMixin, ConfigMixin):
                                           torch.as_tensor(states).to(param.device)))
 
 
+def judge_window(judge) -> int:
+    """K, the number of last frames `judge` reads (see the module docstring)."""
+    owner = getattr(judge, "__self__", judge)
+    return int(getattr(owner, "frames", 1))
+
+
 class StateDistanceJudge:
     """Success when the object is within `threshold` of the goal in the last frame's state."""
+
+    frames = 1
 
     def __init__(self, object_indices=(4, 5, 6), goal_indices=(36, 37, 38), threshold: float = 0.05):
         self.object_indices, self.goal_indices, self.threshold = list(object_indices), list(goal_indices), threshold

@@ -73,6 +73,8 @@ class PoseMemory:
         rows = torch.ones_like(self.valid[:, 0]) if rollouts is None else rollouts
         self.valid[rows] = False
         self.step[rows] = -1
+        for stored in (self.latents, self.state, self.pose):  # a NaN left behind would poison distances
+            stored[rows] = 0.0
 
     def store(self, latents: torch.Tensor, state: torch.Tensor, pose: torch.Tensor, step: torch.Tensor,
               active: torch.Tensor | None = None) -> None:

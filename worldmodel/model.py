@@ -17,8 +17,10 @@ positions of cached frames (sinks, recent frames, retrieved memories) relative t
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -75,6 +77,9 @@ class VideoDiTConfig:
     image_size: int = 64
     fps: int = 80
     pose_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    # (A, P) pose change per env action, fitted on the training set (ClipDataset.action_to_pose): the
+    # sampler's memory query "where will the arm be" uses it unless SamplerConfig overrides it.
+    action_to_pose: list[list[float]] | None = None
     action_mean: list[float] | None = None
     action_std: list[float] | None = None
     state_mean: list[float] | None = None
@@ -298,6 +303,11 @@ class VideoDiT(ModelMixin, ConfigMixin):
         self.register_buffer("state_std", stats(cfg.state_std, cfg.state_dim, 1.0), persistent=False)
         self.initialize_weights()
 
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "VideoDiT":
+        check_folder_kind(path, "VideoDiT")
+        return super().from_pretrained(path, **kwargs)
+
     def initialize_weights(self):
         """All weight init in one place (DiT): xavier linears, small embeddings, zeroed adaLN and outputs."""
         def xavier(module):
@@ -360,9 +370,18 @@ class VideoDiT(ModelMixin, ConfigMixin):
                              f" = {(B, T, cfg.frame_stride, cfg.action_dim)}, got {tuple(actions.shape)}")
         if not torch.isfinite(actions).all():
             raise ValueError("actions: contain NaN or inf")
+        # Far outside anything seen in training the network's output is meaningless (and can overflow to
+        # NaN): refuse it instead of returning black frames.
+        worst = ((actions - self.action_mean) / self.action_std).abs().amax(dim=(0, 1, 2))  # (A,)
+        if bool((worst > self.action_limit_std).any()):
+            dim = int(worst.argmax())
+            raise ValueError(f"actions: dimension {dim} is {float(worst[dim]):.3g} training standard deviations from "
+                             f"the training mean (mean {float(self.action_mean[dim]):.3g}, std "
+                             f"{float(self.action_std[dim]):.3g}); at most {self.action_limit_std:g} is accepted")
 
     # -- forward ---------------------------------------------------------------------------------
     force_flex_attention = False  # tests set this to check the FlexAttention path on CPU
+    action_limit_std = 100.0  # actions further than this from the training mean are refused (check_actions)
 
     def attention_mask(self, T: int, L: int, context_length: int, device, use_flex: bool):
         """Block-causal: a token sees every token of its own and earlier frames, and all context.
@@ -509,6 +528,21 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if return_kv:
             out["kv"] = KVContext(new_keys, new_values, token_pos)
         return out
+
+
+FOLDER_KINDS = {"VideoDiT": "a world model (VideoDiT)", "SuccessJudge": "a success judge (SuccessJudge)"}
+
+
+def check_folder_kind(path, expected: str) -> None:
+    """A local model folder of another kind (a judge passed as a world model, ...) is named as such, instead of
+    failing later on an unexpected config key. Folders without a config.json are left to diffusers."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return
+    found = json.loads(config.read_text()).get("_class_name")
+    if found is not None and found != expected:
+        raise ValueError(f"{path}: this folder holds {FOLDER_KINDS.get(found, found)}, but "
+                         f"{FOLDER_KINDS.get(expected, expected)} was expected here")
 
 
 def build_config(preset: str, overrides: dict | None = None, **data_fields) -> VideoDiTConfig:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worldmodel.diffusion import guided_prediction
+from worldmodel.diffusion import euler_step, guided_prediction, noise_levels
 from worldmodel.memory import MemoryConfig, PoseMemory
 from worldmodel.model import KVContext, VideoDiT
 
@@ -48,7 +48,8 @@ class SamplerConfig:
     # unbounded), so a drifting open-loop rollout cannot run off to absurd states.
     state_clip_std: float | None = 6.0
     # (A, P): pose change per env action, for the memory query "where will the arm be". MetaWorld moves
-    # the hand by action[:3] / 100 per step. None: query with the current pose.
+    # the hand by action[:3] / 100 per step. None: the model's own (fitted on its training set, stored in
+    # its config), else query with the current pose.
     action_to_pose: list[list[float]] | None = None
 
 
@@ -68,8 +69,9 @@ class StreamingSampler:
         self.L = mc.tokens_per_frame
         self.latent_shape = (mc.num_views, mc.latent_channels, mc.latent_size, mc.latent_size)
         self.pose_indices = list(mc.pose_indices)
-        self.action_to_pose = (torch.tensor(cfg.action_to_pose, device=self.device, dtype=torch.float32)
-                               if cfg.action_to_pose is not None else None)
+        action_to_pose = cfg.action_to_pose if cfg.action_to_pose is not None else mc.action_to_pose
+        self.action_to_pose = (torch.tensor(action_to_pose, device=self.device, dtype=torch.float32)
+                               if action_to_pose is not None else None)
         heads = mc.num_heads
         head_dim = mc.hidden_size // heads
         B, dev = batch_size, self.device
@@ -106,6 +108,12 @@ class StreamingSampler:
             raise ValueError("rollouts: the naive (no cache) sampler only resets all rollouts together")
         self.sink_valid[rows] = False
         self.recent_valid[rows] = False
+        # Zero every buffer of these rollouts, not only their validity: attention gives a masked key weight
+        # 0, and 0 x NaN is NaN, so anything a broken rollout left in its cache would survive the reset.
+        for buffer in (*self.sink_k, *self.sink_v, *self.recent_k, *self.recent_v):
+            buffer[rows] = 0.0
+        for buffer in (self.last_state, self.last_latents, self.first_latents):
+            buffer[rows] = 0.0
         self.memory.clear(rows)
         self.frames_done[rows] = 0
         if not self.use_cache:
@@ -249,7 +257,7 @@ class StreamingSampler:
 
     def _chunked(self, actions, generator):
         cfg, F = self.config, actions.shape[1]
-        levels = torch.linspace(1.0, 0.0, cfg.steps + 1, device=self.device)
+        levels = noise_levels(cfg.steps, self.device)
         frames, states = [], []
         for start in range(0, F, cfg.window):
             a = actions[:, start:start + cfg.window]
@@ -259,9 +267,8 @@ class StreamingSampler:
             for i in range(cfg.steps):
                 pred = self._predict(x, s, levels[i].expand(self.B, n), a, context)
                 self.passes += 1
-                keep = levels[i + 1] / levels[i]
-                x = keep * x + (1 - keep) * pred["latents"]
-                s = keep * s + (1 - keep) * pred["state"]
+                x = euler_step(x, pred["latents"], levels[i], levels[i + 1])
+                s = euler_step(s, pred["state"], levels[i], levels[i + 1])
             for j in range(n):
                 latents, state = self._final(x[:, j], s[:, j])
                 self._commit(latents, state, a[:, j])
@@ -272,7 +279,7 @@ class StreamingSampler:
     def _rolling(self, actions, generator):
         cfg, F = self.config, actions.shape[1]
         S, p = cfg.steps, cfg.steps // cfg.window
-        levels = torch.linspace(1.0, 0.0, S + 1, device=self.device)
+        levels = noise_levels(S, self.device)
         window = []  # dicts: x, s, level index, action index; front (oldest) first
         frames, states = [], []
         next_frame = 0
@@ -289,9 +296,9 @@ class StreamingSampler:
                                  t, a, context)
             self.passes += 1
             for j, f in enumerate(window):
-                keep = levels[f["level"] + 1] / levels[f["level"]]
-                f["x"] = keep * f["x"] + (1 - keep) * pred["latents"][:, j]
-                f["s"] = keep * f["s"] + (1 - keep) * pred["state"][:, j]
+                now, next_ = levels[f["level"]], levels[f["level"] + 1]
+                f["x"] = euler_step(f["x"], pred["latents"][:, j], now, next_)
+                f["s"] = euler_step(f["s"], pred["state"][:, j], now, next_)
                 f["level"] += 1
             if window[0]["level"] == S:  # the front frame is clean: it leaves the window
                 done = window.pop(0)

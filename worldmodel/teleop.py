@@ -17,7 +17,8 @@ Client -> server messages (JSON objects, at most `max_message_bytes`):
     {"type": "record", "on": true|false}      on -> off saves the episode to the LeRobotDataset
     {"type": "ack"}                           the last frame is on screen
 Server -> client: {"type": "hello", ...}, {"type": "frame", ...}, {"type": "error", "message": ...}.
-Anything malformed, oversized or unknown gets an error message back; the session goes on.
+Anything malformed, oversized (up to 1 MiB; beyond that the socket closes with 1009), nested too deeply or
+unknown gets an error message back; the session goes on. At most `max_sessions` pages at once.
 
 Safe by default: binds 127.0.0.1; binding another address needs `--token` (then the page and socket
 need `?token=...`).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hmac
 import json
 import threading
@@ -37,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.dataset import ClipDataset, DatasetConfig, start_frames, write_episode
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
@@ -64,9 +66,28 @@ class TeleopConfig:
     record_repo_id: str = "local/teleop"
     task: str = "teleoperation in imagination"
     max_message_bytes: int = 4096
+    max_json_depth: int = 8  # nesting of arrays/objects in a message (every valid message has 2)
+    max_sessions: int = 4  # open pages at once; each holds a world-model session (KV cache, memory)
     speed: float = 1.0  # action magnitude per held key
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=4, window=1, rolling=False))
     device: str | None = None
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays/objects nest in a JSON text (brackets inside strings do not count), without parsing."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 class Recorder:
@@ -90,12 +111,7 @@ class Recorder:
             else:
                 dataset = LeRobotDataset.create(self.repo_id, fps=self.fps, features=self.features, root=self.root)
             try:
-                for frame in frames:
-                    dataset.add_frame({**frame, "task": task})
-                dataset.save_episode()
-            except BaseException:
-                dataset.clear_episode_buffer()
-                raise
+                write_episode(dataset, frames, task)
             finally:
                 dataset.finalize()
             return dataset.meta.total_episodes
@@ -107,6 +123,8 @@ class Session:
     def __init__(self, server: "TeleopServer"):
         self.server = server
         self.world = WorldModel(server.model, server.cfg.sampler, batch_size=1, device=server.cfg.device)
+        # A policy keeps per-episode state (ACT's action queue): every session drives its own copy.
+        self.policy = copy.deepcopy(server.policy) if server.policy is not None else None
         self.held: set[str] = set()
         self.gripper = -1.0
         self.mode, self.paused, self.single_step = "human", False, False
@@ -122,8 +140,8 @@ class Session:
         start = self.server.start_observation(episode)
         self.observation = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in self.world.reset(start).items()}
         self.episode, self.steps = episode, 0
-        if self.server.policy is not None:
-            self.server.policy.reset()
+        if self.policy is not None:
+            self.policy.reset()
 
     def human_action(self) -> np.ndarray:
         action = np.zeros(self.server.model.cfg.action_dim, np.float32)
@@ -141,8 +159,8 @@ class Session:
         """One world-model frame: frame_stride env steps of the current controller's actions."""
         stride = self.server.model.cfg.frame_stride
         obs = {k: v[None] for k, v in self.observation.items()}
-        if self.mode == "policy" and self.server.policy is not None:
-            actions = np.stack([np.clip(self.server.policy.select_action(obs)[0], -1, 1) for _ in range(stride)])
+        if self.mode == "policy" and self.policy is not None:
+            actions = np.stack([np.clip(self.policy.select_action(obs)[0], -1, 1) for _ in range(stride)])
         else:
             actions = np.stack([self.human_action()] * stride)
         started = time.perf_counter()
@@ -180,9 +198,7 @@ class TeleopServer:
 
             self.policy = LeRobotPolicy.from_pretrained(cfg.policy, task=cfg.task)
         mc = self.model.cfg
-        self.clips = clips or ClipDataset(DatasetConfig(**{**cfg.dataset.__dict__, "camera_keys": list(mc.camera_keys),
-                                                            "image_size": mc.image_size, "frame_stride": 1,
-                                                            "clip_frames": 1, "memory_frames": 0}))
+        self.clips = clips or start_frames(cfg.dataset, mc)
         self.recorder = Recorder(cfg.record_root, cfg.record_repo_id, list(mc.camera_keys), mc.image_size,
                                  mc.state_dim, mc.action_dim, mc.fps)
         self.sessions: set[Session] = set()
@@ -213,6 +229,11 @@ class TeleopServer:
                 await ws.close(code=1008)
                 return
             await ws.accept()
+            if len(self.sessions) >= self.cfg.max_sessions:
+                await ws.send_json({"type": "error", "message": f"server busy: {len(self.sessions)} sessions are "
+                                    f"open, at most {self.cfg.max_sessions} (--max_sessions); close one and reload"})
+                await ws.close(code=1013)  # try again later
+                return
             session = Session(self)
             self.sessions.add(session)
             try:
@@ -290,6 +311,8 @@ class TeleopServer:
         """Apply one client message; returns an error message, "ack", or None."""
         if len(text.encode()) > self.cfg.max_message_bytes:
             return f"message too large: {len(text.encode())} bytes, at most {self.cfg.max_message_bytes}"
+        if json_depth(text) > self.cfg.max_json_depth:  # json.loads recurses: "[" * 2000 would blow the stack
+            return f"message nested too deeply: at most {self.cfg.max_json_depth} levels of arrays/objects"
         try:
             message = json.loads(text)
         except json.JSONDecodeError as err:
@@ -349,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     suffix = f"?token={cfg.token}" if cfg.token else ""
     print(f"open http://{cfg.host}:{cfg.port}/{suffix}  (remote GPU: ssh -N -L {cfg.port}:127.0.0.1:{cfg.port} "
           f"user@host, then http://127.0.0.1:{cfg.port}/{suffix})")
-    uvicorn.run(server.app, host=cfg.host, port=cfg.port, log_level="warning", ws_max_size=cfg.max_message_bytes * 4)
+    # Frames up to 1 MiB reach the handler, which answers anything over max_message_bytes with an error message;
+    # only beyond that does the socket layer close the connection (code 1009).
+    uvicorn.run(server.app, host=cfg.host, port=cfg.port, log_level="warning", ws_max_size=2**20)
 
 
 PAGE = """<!doctype html>

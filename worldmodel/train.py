@@ -32,6 +32,7 @@ from tqdm import tqdm
 from worldmodel.codec import DiffusersAutoencoderCodec, PixelCodec
 from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.diffusion import DiffusionConfig, FlowMatching, GeneratorState, sample_full_sequence
+from worldmodel.atomic import write_json_atomic, write_text_atomic
 from worldmodel.metrics import psnr
 from worldmodel.model import PRESETS, VideoDiT, build_config, make_model
 
@@ -97,12 +98,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def split_episodes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
@@ -121,14 +116,62 @@ def make_codec(cfg: TrainConfig):
                                                      subfolder=cfg.codec.subfolder)
 
 
-def check_design(cfg: TrainConfig) -> None:
-    """Design choices the data must support, checked before any video is decoded."""
+def resume_from_checkpoint(accelerator, ckpt_root: Path) -> tuple[int, float]:
+    """Load the newest readable checkpoint: the one `latest` names, else the complete ones before it, newest
+    first (a file cut short by a crash or a full disk is named and skipped). -> (step, training seconds)."""
+    named = ckpt_root / (ckpt_root / "latest").read_text().strip()
+    others = sorted((p for p in ckpt_root.glob("step_*") if not p.name.endswith(".tmp") and p != named), reverse=True)
+    for path in [named, *others]:
+        try:
+            accelerator.load_state(str(path))
+        except Exception as error:  # safetensors / torch errors name no path: say which checkpoint failed
+            accelerator.print(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+                              "falling back to the previous complete checkpoint")
+            continue
+        step = int(path.name.split("_")[1])
+        trainer_state = path / "trainer_state.json"
+        wall = json.loads(trainer_state.read_text())["wall_seconds"] if trainer_state.exists() else 0.0
+        accelerator.print(f"resumed from {path} at step {step}")
+        return step, wall
+    raise RuntimeError(f"resume: no readable checkpoint in {ckpt_root} (tried {[named.name] + [p.name for p in others]})")
+
+
+def drop_metrics_after(metrics_file: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: their old rows go, so every step is logged once."""
+    if not metrics_file.exists():
+        return
+    rows = [line for line in metrics_file.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(rows):
+        write_text_atomic(metrics_file, "".join(line + "\n" for line in kept))
+
+
+def mixed_precision_mode(value) -> str:
+    """accelerate's mode from `train.mixed_precision` (None: bf16 on CUDA, no on CPU). draccus reads the
+    documented value `no` as the YAML boolean false, so false means "no" too."""
+    if value is None:
+        return "bf16" if torch.cuda.is_available() else "no"
+    if value is False or value == "no":
+        return "no"
+    if value in ("bf16", "fp16"):
+        return value
+    raise ValueError(f"train.mixed_precision: expected no, bf16 or fp16 (or unset), got {value!r}")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Flag values and design choices the data must support, checked before any video is decoded."""
+    mixed_precision_mode(cfg.train.mixed_precision)
     spec = cfg.model
     if spec.preset not in PRESETS:
         raise ValueError(f"model.preset: {spec.preset!r} is not one of {sorted(PRESETS)}")
     from_first = spec.residual_from_first_frame
     if from_first is None:
         from_first = PRESETS[spec.preset]().get("residual_from_first_frame", False)
+    patch = spec.patch_size or PRESETS[spec.preset]()["patch_size"]
+    size = cfg.dataset.image_size
+    if size < 1 or (cfg.codec.autoencoder is None and size % patch):
+        raise ValueError(f"dataset.image_size: {size} must be a positive multiple of the patch size {patch} "
+                         f"(model.patch_size; pixel frames are cut into {patch}x{patch} patches)")
     if from_first and cfg.dataset.memory_frames < 1:
         raise ValueError("dataset.memory_frames: model.residual_from_first_frame needs at least 1 (memory slot 0 is "
                          f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
@@ -145,7 +188,8 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
         action_dim=clips.action_dim, frame_stride=cfg.dataset.frame_stride, state_dim=clips.state_dim,
         camera_keys=clips.camera_keys, image_size=cfg.dataset.image_size, fps=clips.fps,
-        pose_indices=list(cfg.dataset.pose_indices), codec=codec.description(), **clips.stats,
+        pose_indices=list(cfg.dataset.pose_indices), action_to_pose=clips.action_to_pose(),
+        codec=codec.packaged_description(), **clips.stats,
     )
 
 
@@ -192,7 +236,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     loop = cfg.train
-    mixed_precision = loop.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
+    mixed_precision = mixed_precision_mode(loop.mixed_precision)
     # The one Accelerator: devices, processes, mixed precision, data sharding, checkpoint state, trackers.
     accelerator = Accelerator(
         mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(out / "logs"),
@@ -204,7 +248,7 @@ def train(cfg: TrainConfig) -> Path:
         raise FileExistsError(f"output_dir: {out} already holds checkpoints; pass --resume=true to continue "
                               "or choose another --output_dir")
     set_seed(loop.seed)
-    check_design(cfg)
+    check_config(cfg)
 
     train_episodes, val_episodes = split_episodes(cfg)
     # The main process builds the decoded cache first; the others then find it ready.
@@ -243,13 +287,9 @@ def train(cfg: TrainConfig) -> Path:
 
     step, wall_before = 0, 0.0  # wall_before: training seconds of earlier runs of this output_dir
     if cfg.resume and latest_file.exists():
-        name = latest_file.read_text().strip()
-        accelerator.load_state(str(ckpt_root / name))
-        step = int(name.split("_")[1])
-        trainer_state = ckpt_root / name / "trainer_state.json"
-        if trainer_state.exists():
-            wall_before = json.loads(trainer_state.read_text())["wall_seconds"]
-        accelerator.print(f"resumed from {ckpt_root / name} at step {step}")
+        step, wall_before = resume_from_checkpoint(accelerator, ckpt_root)
+        if is_main:
+            drop_metrics_after(out / "metrics.jsonl", step)
 
     def wall_seconds() -> float:
         return wall_before + time.time() - started
@@ -260,6 +300,7 @@ def train(cfg: TrainConfig) -> Path:
         ema.copy_to(unwrapped.parameters())
         unwrapped.save_pretrained(directory, safe_serialization=True)
         ema.restore(unwrapped.parameters())
+        codec.save_into(directory)  # an autoencoder travels with the folder: it opens wherever it is moved
         write_json_atomic(directory / "train_config.json", resolved)
 
     def checkpoint() -> None:

@@ -39,7 +39,10 @@ class WorldModel:
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "WorldModel":
-        return cls(VideoDiT.from_pretrained(path), **kwargs)
+        model = VideoDiT.from_pretrained(path)
+        if "codec" not in kwargs:  # an autoencoder codec lives in the model folder (codec/)
+            kwargs["codec"] = codec_from_description(model.cfg.codec, model_folder=path)
+        return cls(model, **kwargs)
 
     # -- input checks ------------------------------------------------------------------------------
     def _images(self, observations: dict) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from worldmodel.dataset import write_episode
 from worldmodel.envs.metaworld import ACTION_NAMES, CONTROL_FPS, STATE_DIM, STATE_NAMES, MetaWorldConfig
 
 
@@ -220,13 +221,8 @@ def record(cfg: RecordConfig) -> Path:
         progress = tqdm(total=cfg.episodes, initial=start, desc=f"recording {cfg.root}", unit="episode")
         successes = 0
         for n, episode in enumerate(episodes, start=1):
-            try:
-                for t in range(len(episode["action"])):
-                    dataset.add_frame({**{k: v[t] for k, v in episode.items()}, "task": task})
-                dataset.save_episode()
-            except BaseException:
-                dataset.clear_episode_buffer()  # never leave half an episode behind
-                raise
+            write_episode(dataset, ({k: v[t] for k, v in episode.items()} for t in range(len(episode["action"]))),
+                          task)
             successes += bool(episode["next.success"][-1, 0])
             progress.update(1)
             progress.set_postfix(success_rate=f"{successes / n:.2f}")

@@ -43,17 +43,18 @@ def test_steps_at_the_control_rate_and_truncates(real_env, tiny_world_model_dir)
         calls.append((frames.shape, states.shape, task))
         return torch.tensor([0.9, 0.1])
 
+    judge.frames = 2  # the judge says how many last frames it reads
     env = imagined(tiny_world_model_dir, judge=judge, steps=8)
     obs0, _ = env.reset(options={"observations": initial(real_env)})
     for t in range(1, 9):
-        obs, reward, terminated, truncated, info = env.step(np.zeros((2, 4), np.float32))
+        obs, reward, terminated, truncated, info = env.step(np.full((2, 4), 0.5, np.float32))
         new_frame = t % 4 == 0  # frame_stride 4: a new frame every 4 actions
-        changed = not np.array_equal(obs["observation.images.corner"], obs0["observation.images.corner"])
-        assert changed == new_frame or t > 4
-        if new_frame:
-            obs0 = obs
+        if not new_frame:  # between frames the observation is held, exactly
+            assert all(np.array_equal(obs[k], obs0[k]) for k in obs)
+        assert len(calls) == t // 4  # the world model (and the judge) ran once per completed frame
+        obs0 = obs
         assert truncated.all() == (t == 8)
-    assert len(calls) == 2 and calls[0][0] == (2, 2, 2, 3, 32, 32) and calls[0][2] == "push-v3"
+    assert calls[0][0] == (2, 2, 2, 3, 32, 32) and calls[0][1] == (2, 2, 39) and calls[0][2] == "push-v3"
     assert info["is_success"].tolist() == [True, False] and reward.tolist() == [1.0, 0.0]
 
 
@@ -87,3 +88,19 @@ def test_single_env_form_matches_the_real_env(real_env, tiny_world_model_dir):
     assert env.observation_space.contains(obs) and truncated and isinstance(reward, float)
     with pytest.raises(ValueError, match="batch_size"):
         ImaginedEnv(WorldModel.from_pretrained(tiny_world_model_dir, batch_size=2, device="cpu"))
+
+
+def test_the_judge_window_travels_with_the_judge(real_env, tiny_world_model_dir):
+    """A SuccessJudge trained on 3 frames gets 3 frames from the env with no setting anywhere (right after a
+    reset the oldest frame is repeated); its forward refuses any other number."""
+    from worldmodel.judge import JudgeNetConfig, StateDistanceJudge, SuccessJudge, judge_window
+
+    from dataclasses import asdict
+
+    judge = SuccessJudge(config=asdict(JudgeNetConfig(frames=3, num_views=2, image_size=32))).eval()
+    assert judge_window(judge.probability) == 3 and judge_window(StateDistanceJudge()) == 1
+    env = imagined(tiny_world_model_dir, judge=judge.probability, steps=8)
+    env.reset(options={"observations": initial(real_env)})
+    for _ in range(8):
+        _, _, _, _, info = env.step(np.zeros((2, 4), np.float32))
+    assert info["success_probability"].shape == (2,) and env.judge_frames == 3

@@ -25,6 +25,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from worldmodel.envs.spaces import action_space, observation_space
+from worldmodel.judge import judge_window
 from worldmodel.world import WorldModel
 
 # (frames (B, K, V, 3, H, W) uint8, states (B, K, S), task) -> success probability (B,)
@@ -35,14 +36,16 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.DISABLED, "render_modes": ["rgb_array"]}
 
     def __init__(self, world: WorldModel, judge: Judge | None = None, max_episode_steps: int = 120,
-                 task: str = "", success_threshold: float = 0.5, judge_frames: int = 2,
+                 task: str = "", success_threshold: float = 0.5, judge_frames: int | None = None,
                  action_low: float = -1.0, action_high: float = 1.0):
         cfg = world.cfg
         self.world, self.judge, self.task = world, judge, task
         self.task_description = task
         self.num_envs = world.batch_size
         self.max_episode_steps = max_episode_steps
-        self.success_threshold, self.judge_frames = success_threshold, judge_frames
+        # How many last frames the judge reads travels with the judge (worldmodel.judge.judge_window).
+        self.success_threshold = success_threshold
+        self.judge_frames = judge_frames if judge_frames is not None else judge_window(judge)
         self.single_observation_space = observation_space(list(cfg.camera_keys), cfg.image_size, cfg.state_dim)
         self.single_action_space = action_space(cfg.action_dim, action_low, action_high)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -94,9 +97,11 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
         if self.judge is None:
             return np.zeros(self.num_envs, np.float32)
         keys = list(self.world.cfg.camera_keys)
-        frames = torch.stack([torch.stack([torch.as_tensor(o[k]) for k in keys], dim=1) for o in self._recent], dim=1)
+        # Right after a reset fewer than K frames exist: the oldest is repeated, as if the robot had waited.
+        recent = [self._recent[0]] * (self.judge_frames - len(self._recent)) + self._recent
+        frames = torch.stack([torch.stack([torch.as_tensor(o[k]) for k in keys], dim=1) for o in recent], dim=1)
         frames = frames.permute(0, 1, 2, 5, 3, 4)  # (B, K, V, 3, H, W) uint8
-        states = torch.stack([torch.as_tensor(o["observation.state"]) for o in self._recent], dim=1)
+        states = torch.stack([torch.as_tensor(o["observation.state"]) for o in recent], dim=1)
         with torch.no_grad():
             return np.asarray(torch.as_tensor(self.judge(frames, states, self.task)).float().cpu(), np.float32)
 
