@@ -170,3 +170,21 @@ def test_sessions_drive_their_own_policy_and_are_capped(tiny_world_model_dir, ti
         with client.websocket_connect("/ws") as third:  # past the cap: a clear refusal
             message = third.receive_json()
             assert message["type"] == "error" and "at most 2" in message["message"]
+
+
+def test_the_key_map_comes_from_the_action_names(server, tiny_world_model_dir):
+    from worldmodel.model import VideoDiT
+    from worldmodel.teleop import keyboard_axes
+
+    assert keyboard_axes(["dx", "dy", "dz", "grip"], 4) == {"x": 0, "y": 1, "z": 2, "grip": 3}
+    assert keyboard_axes(["gripper", "x", "y", "z"], 4) == {"x": 1, "y": 2, "z": 3, "grip": 0}
+    assert keyboard_axes(None, 4) == {"x": 0, "y": 1, "z": 2, "grip": 3}  # models saved before names: MetaWorld's
+    assert keyboard_axes([f"joint{i}.velocity" for i in range(6)], 6) is None and keyboard_axes(None, 6) is None
+    # A joint-space model: keys are refused with a reason, the page still gets frames (policy mode would drive).
+    model = VideoDiT.from_pretrained(tiny_world_model_dir)
+    model.cfg.action_names = ["shoulder", "elbow", "wrist", "fingers"]
+    joints = TeleopServer(server.cfg, model=model, clips=server.clips)
+    with TestClient(joints.app).websocket_connect("/ws") as ws:
+        assert ws.receive_json()["keyboard"] is False
+        ws.send_json({"type": "keys", "down": ["w"]})
+        assert "end-effector delta" in next_of(ws, "error")["message"]

@@ -47,6 +47,9 @@ class DatasetConfig:
     image_size: int = 64
     # Resize every view to image_size (square). False: every view must already be image_size.
     resize: bool = True
+    # A non-square view (e.g. 640x360) is centre-cropped to a square before resizing, so nothing is stretched;
+    # True: padded with black instead (the whole view is kept, smaller).
+    pad_to_square: bool = False
     frame_stride: int = 4
     clip_frames: int = 8
     action_key: str = "action"
@@ -60,6 +63,16 @@ class DatasetConfig:
     memory_frames: int = 0
     cache_dir: str | None = None  # None: $WORLDMODEL_CACHE or ~/.cache/worldmodel
     video_backend: str | None = None  # None: lerobot's default (torchcodec, else pyav)
+
+
+def feature_names(feature: dict, size: int) -> list[str] | None:
+    """A feature's per-dimension names (lerobot stores a list, or a dict of one list), if it has them."""
+    names = feature.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, list) and len(names) == size and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 def resolve_camera_keys(camera_keys: list[str], available: list[str]) -> list[str]:
@@ -130,6 +143,26 @@ def _cache_root(cfg: DatasetConfig) -> Path:
     return Path(os.environ.get("WORLDMODEL_CACHE", Path.home() / ".cache" / "worldmodel"))
 
 
+def square_frame(frame: np.ndarray, image_size: int, pad: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 -> (image_size, image_size, 3): centre-crop to a square (or pad with black), then resize
+    (area interpolation). Use it on a real camera's frames before `WorldModel.reset` / `step` too."""
+    h, w = frame.shape[:2]
+    if h != w:
+        if pad:
+            side = max(h, w)
+            square = np.zeros((side, side, frame.shape[2]), dtype=frame.dtype)
+            top, left = (side - h) // 2, (side - w) // 2
+            square[top:top + h, left:left + w] = frame
+            frame = square
+        else:
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            frame = frame[top:top + side, left:left + side]
+    if frame.shape[0] != image_size:
+        frame = cv2.resize(frame, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    return frame
+
+
 class DecodedCache:
     """Every selected frame of every camera, decoded once, as uint8 (N, V, H, W, 3) on disk."""
 
@@ -145,7 +178,7 @@ class DecodedCache:
 
     @staticmethod
     def build(dataset, camera_keys: list[str], image_size: int, episodes: list[int],
-              action_key: str, state_key: str, directory: Path) -> None:
+              action_key: str, state_key: str, directory: Path, pad_to_square: bool = False) -> None:
         from lerobot.datasets.video_utils import decode_video_frames
 
         hf = dataset.hf_dataset.with_format("numpy")
@@ -182,8 +215,7 @@ class DecodedCache:
                         frames = decode_video_frames(video_path, ts, dataset.tolerance_s, dataset.video_backend)
                         frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
                         if frames.shape[1:3] != (image_size, image_size):
-                            frames = np.stack([cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA)
-                                               for f in frames])
+                            frames = np.stack([square_frame(f, image_size, pad_to_square) for f in frames])
                         images[row + lo:row + lo + len(frames), v] = frames
                 starts.append(row)
                 row += length
@@ -231,6 +263,7 @@ class ClipDataset(torch.utils.data.Dataset):
                     )
         self.state_dim = int(features[cfg.state_key]["shape"][0])
         self.action_dim = int(features[cfg.action_key]["shape"][0])
+        self.action_names = feature_names(features[cfg.action_key], self.action_dim)
         for i in cfg.pose_indices:
             if not 0 <= i < self.state_dim:
                 raise ValueError(f"pose_indices: {i} is outside the state of size {self.state_dim}")
@@ -280,14 +313,21 @@ class ClipDataset(torch.utils.data.Dataset):
             "version": CACHE_FORMAT_VERSION, "root": str(Path(ds.root).resolve()), "repo_id": ds.repo_id,
             "info": hashlib.sha256(info).hexdigest(), "episodes": episodes, "cameras": self.camera_keys,
             "image_size": self.cfg.image_size, "action_key": self.cfg.action_key, "state_key": self.cfg.state_key,
+            # Non-square views only (square ones are never cropped or padded, and their caches stay valid):
+            # how they were made square. Caches from before this key stretched them, and are not reused.
+            **({"square": "pad" if self.cfg.pad_to_square else "crop"} if self._has_non_square_views() else {}),
         }, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _has_non_square_views(self) -> bool:
+        features = self.lerobot_dataset.meta.features
+        return any(features[key]["shape"][0] != features[key]["shape"][1] for key in self.camera_keys)
 
     def _load_or_build_cache(self, episodes: list[int]) -> DecodedCache:
         directory = _cache_root(self.cfg) / "decoded" / self._fingerprint(episodes)
         if not (directory / "cache.json").exists():
             DecodedCache.build(self.lerobot_dataset, self.camera_keys, self.cfg.image_size, episodes,
-                               self.cfg.action_key, self.cfg.state_key, directory)
+                               self.cfg.action_key, self.cfg.state_key, directory, self.cfg.pad_to_square)
         self.cache_directory = directory
         return DecodedCache(directory)
 

@@ -80,6 +80,7 @@ class VideoDiTConfig:
     # (A, P) pose change per env action, fitted on the training set (ClipDataset.action_to_pose): the
     # sampler's memory query "where will the arm be" uses it unless SamplerConfig overrides it.
     action_to_pose: list[list[float]] | None = None
+    action_names: list[str] | None = None  # the dataset's names of the action dimensions (teleop's key map)
     action_mean: list[float] | None = None
     action_std: list[float] | None = None
     state_mean: list[float] | None = None

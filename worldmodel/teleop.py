@@ -44,12 +44,30 @@ from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
 
-# Key -> (action index, value). x/y/z end-effector deltas; gripper keys set a held gripper command.
+# Key -> (end-effector axis, value); gripper keys set a held gripper command. Which action dimension an axis
+# is comes from the model's action names (keyboard_axes), so keys drive any end-effector-delta robot.
 KEYMAP = {
-    "w": (1, 1.0), "s": (1, -1.0), "a": (0, -1.0), "d": (0, 1.0), "r": (2, 1.0), "f": (2, -1.0),
-    "ArrowUp": (1, 1.0), "ArrowDown": (1, -1.0), "ArrowLeft": (0, -1.0), "ArrowRight": (0, 1.0),
+    "w": ("y", 1.0), "s": ("y", -1.0), "a": ("x", -1.0), "d": ("x", 1.0), "r": ("z", 1.0), "f": ("z", -1.0),
+    "ArrowUp": ("y", 1.0), "ArrowDown": ("y", -1.0), "ArrowLeft": ("x", -1.0), "ArrowRight": ("x", 1.0),
 }
 GRIPPER_KEYS = {"e": 1.0, "q": -1.0}  # close, open
+AXIS_NAMES = {"x": ("dx", "x", "delta_x", "ee_dx", "eef_x", "ee_x"), "y": ("dy", "y", "delta_y", "ee_dy", "eef_y", "ee_y"),
+              "z": ("dz", "z", "delta_z", "ee_dz", "eef_z", "ee_z"),
+              "grip": ("grip", "gripper", "gripper_action", "claw")}
+METAWORLD_ACTIONS = ["dx", "dy", "dz", "grip"]  # what a model saved without action names was trained on
+
+
+def keyboard_axes(action_names: list[str] | None, action_dim: int) -> dict[str, int] | None:
+    """{"x": i, "y": j, "z": k[, "grip": g]}: the action dimensions the keys drive, found by name; None when
+    the actions are not end-effector deltas (joint velocities, ...): then only policy mode drives."""
+    names = action_names if action_names is not None else (METAWORLD_ACTIONS if action_dim == 4 else None)
+    if names is None:
+        return None
+    lowered = [str(n).lower() for n in names]
+    axes = {axis: next((i for i, n in enumerate(lowered) if n in aliases), None) for axis, aliases in AXIS_NAMES.items()}
+    if any(axes[a] is None for a in ("x", "y", "z")):
+        return None
+    return {a: i for a, i in axes.items() if i is not None}
 KEY_HELP = {"w / s": "+y / -y", "a / d": "-x / +x", "r / f": "up / down", "e / q": "close / open gripper",
             "p": "pause", "n": "step once (paused)", "m": "human / policy", "c": "record on / off"}
 
@@ -145,14 +163,15 @@ class Session:
 
     def human_action(self) -> np.ndarray:
         action = np.zeros(self.server.model.cfg.action_dim, np.float32)
+        axes = self.server.axes or {}  # no keyboard for this action space: the robot holds still
         for key in self.held:
-            if key in KEYMAP:
-                index, value = KEYMAP[key]
-                action[index] += value * self.server.cfg.speed
+            if key in KEYMAP and KEYMAP[key][0] in axes:
+                axis, value = KEYMAP[key]
+                action[axes[axis]] += value * self.server.cfg.speed
             if key in GRIPPER_KEYS:
                 self.gripper = GRIPPER_KEYS[key]
-        if action.shape[0] > 3:
-            action[3] = self.gripper
+        if "grip" in axes:
+            action[axes["grip"]] = self.gripper
         return np.clip(action, -1, 1)
 
     def advance(self) -> None:
@@ -198,6 +217,7 @@ class TeleopServer:
 
             self.policy = LeRobotPolicy.from_pretrained(cfg.policy, task=cfg.task)
         mc = self.model.cfg
+        self.axes = keyboard_axes(mc.action_names, mc.action_dim)
         self.clips = clips or start_frames(cfg.dataset, mc)
         self.recorder = Recorder(cfg.record_root, cfg.record_repo_id, list(mc.camera_keys), mc.image_size,
                                  mc.state_dim, mc.action_dim, mc.fps)
@@ -240,7 +260,7 @@ class TeleopServer:
                 await asyncio.to_thread(session.reset, 0)
                 await ws.send_json({"type": "hello", "camera_keys": list(self.model.cfg.camera_keys),
                                     "episodes": int(len(self.clips.cache.episode_start)), "keymap": KEY_HELP,
-                                    "has_policy": self.policy is not None})
+                                    "has_policy": self.policy is not None, "keyboard": self.axes is not None})
                 await self._serve(ws, session)
             except WebSocketDisconnect:
                 pass
@@ -324,6 +344,9 @@ class TeleopServer:
             if kind == "ack":
                 return "ack"
             if kind == "keys":
+                if self.axes is None:
+                    return (f"keys: keyboard control needs end-effector delta actions (x, y, z); this model's actions "
+                            f"are {self.model.cfg.action_names}: switch to policy mode (--policy=...)")
                 down = message.get("down")
                 if not isinstance(down, list) or len(down) > 16 or not all(isinstance(k, str) for k in down):
                     return 'keys: "down" must be a list of at most 16 key names'

@@ -188,7 +188,7 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
         action_dim=clips.action_dim, frame_stride=cfg.dataset.frame_stride, state_dim=clips.state_dim,
         camera_keys=clips.camera_keys, image_size=cfg.dataset.image_size, fps=clips.fps,
-        pose_indices=list(cfg.dataset.pose_indices), action_to_pose=clips.action_to_pose(),
+        pose_indices=list(cfg.dataset.pose_indices), action_to_pose=clips.action_to_pose(), action_names=clips.action_names,
         codec=codec.packaged_description(), **clips.stats,
     )
 
