@@ -82,3 +82,42 @@ def test_waypoint_tour_follows_the_expert_then_leaves_and_revisits():
     env = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=[], max_episode_steps=100))
     never = record_module.rollout_episode(env, 3, 0.3, 0.0, tour_after=40, tour_prob=0.0)
     np.testing.assert_array_equal(never["action"], plain["action"][:100])
+
+
+def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tmp_path):
+    import json
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "data.metaworld.record", f"--root={root}", "--repo_id=test/tiny", "--episodes=8",
+           "--finalize_every=2", "--workers=1", "--seed=5", "--env.max_episode_steps=12",
+           "--env.cameras=[corner,gripperPOV]", "--env.image_size=32"]
+
+    def committed() -> int:
+        try:
+            return json.loads((root / "meta" / "info.json").read_text())["total_episodes"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while committed() < 2:
+        assert proc.poll() is None, "the recorder exited before its first commit"
+        assert time.time() < deadline, "no commit in time"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.5))  # somewhere inside the next batch, or a commit
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    survived = LeRobotDataset("test/tiny", root=root)  # lerobot opens what the kill left
+    n = survived.meta.total_episodes
+    assert n >= 2 and n % 2 == 0 and len(survived) == 12 * n  # whole committed batches, nothing torn
+    assert survived[len(survived) - 1]["observation.state"].shape == (39,)  # the last frame decodes
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    finished = LeRobotDataset("test/tiny", root=root)
+    assert finished.meta.total_episodes == 8 and len(finished) == 96
+    assert not (tmp_path / "ds.recording").exists() and not (tmp_path / "ds.old").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class RecordConfig:
     seed: int = 0
     workers: int = 0  # 0: one per spare core
     vcodec: str = "libsvtav1"
-    # Close the parquet writers every this many episodes: a hard kill loses at most this many.
+    # Finalise and swap in the recording every this many episodes: a hard kill loses at most this many.
     finalize_every: int = 25
     # Waypoint tours: with probability `tour_prob`, the expert drives only the first `tour_after` steps
     # of an episode and a tour of random hand waypoints, often returning to ones it visited before,
@@ -161,19 +162,43 @@ def _worker_rollout(args: tuple) -> dict:
 
 
 # -- main side ---------------------------------------------------------------------------------
-def _open_dataset(cfg: RecordConfig):
+# `root` only ever holds a finalised dataset. Episodes are written into a working copy beside it
+# (<root>.recording); every `finalize_every` episodes the copy is finalised and swapped in by renames
+# (root -> <root>.old, copy -> root). A hard kill (kill -9) therefore loses at most the episodes of the
+# unfinished copy, and the next run drops that copy, restores a half-done swap, and continues.
+def _siblings(root: Path) -> tuple[Path, Path]:
+    return root.with_name(root.name + ".recording"), root.with_name(root.name + ".old")
+
+
+def _recover(root: Path) -> None:
+    """Bring `root` back to its last committed state after a hard kill."""
+    work, old = _siblings(root)
+    if not root.exists() and old.exists():  # killed between the two renames of a commit
+        old.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+    if work.exists():
+        print(f"{work}: dropping the episodes a hard kill left unfinalised")
+        shutil.rmtree(work)
+
+
+def _commit(root: Path) -> None:
+    work, old = _siblings(root)
+    if root.exists():
+        root.rename(old)
+    work.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _open_dataset(cfg: RecordConfig, root: Path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    root = Path(cfg.root)
     features = dataset_features(cfg.env)
     if (root / "meta" / "info.json").exists():
         try:
             dataset = LeRobotDataset(cfg.repo_id, root=root, vcodec=cfg.vcodec)
-        except Exception as err:  # a hard kill can leave a parquet file without its footer
-            raise RuntimeError(
-                f"root={root}: an earlier recording left a dataset that lerobot cannot open ({err}). "
-                "Delete the folder and record again."
-            ) from err
+        except Exception as err:
+            raise RuntimeError(f"root={root}: lerobot cannot open this dataset ({err}); it was not written by a "
+                               "finished recording (they are swapped in whole). Delete the folder and record again.") from err
         for key, ft in features.items():
             have = dataset.meta.features.get(key)
             if have is None or tuple(have["shape"]) != tuple(ft["shape"]) or have["dtype"] != ft["dtype"]:
@@ -191,16 +216,25 @@ def _open_dataset(cfg: RecordConfig):
     )
 
 
+def _working_copy(cfg: RecordConfig):
+    """A dataset at <root>.recording holding everything committed so far, ready for more episodes."""
+    root = Path(cfg.root)
+    work, _ = _siblings(root)
+    if (root / "meta" / "info.json").exists():
+        shutil.copytree(root, work)
+    return _open_dataset(cfg, work)
+
+
 def record(cfg: RecordConfig) -> Path:
     """Record until the dataset at `cfg.root` holds `cfg.episodes` episodes; returns the root."""
     from worldmodel.envs.metaworld import MetaWorldMultiViewEnv
 
-    dataset = _open_dataset(cfg)
-    start = dataset.meta.total_episodes
+    root = Path(cfg.root)
+    _recover(root)
+    start = _open_dataset(cfg, root).meta.total_episodes if root.exists() else 0
     if start >= cfg.episodes:
-        dataset.finalize()
         print(f"{cfg.root}: already holds {start} episodes, nothing to record")
-        return Path(cfg.root)
+        return root
 
     jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob)
             for i in range(start, cfg.episodes)]
@@ -209,7 +243,7 @@ def record(cfg: RecordConfig) -> Path:
 
     # SIGTERM behaves like Ctrl-C: stop after the current episode is either fully written or dropped.
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    pool = None
+    pool, dataset = None, None
     try:
         if workers > 1:
             # spawn: forked EGL contexts are not safe
@@ -220,6 +254,7 @@ def record(cfg: RecordConfig) -> Path:
             episodes = (rollout_episode(env, *job) for job in jobs)
         progress = tqdm(total=cfg.episodes, initial=start, desc=f"recording {cfg.root}", unit="episode")
         successes = 0
+        dataset = _working_copy(cfg)
         for n, episode in enumerate(episodes, start=1):
             write_episode(dataset, ({k: v[t] for k, v in episode.items()} for t in range(len(episode["action"]))),
                           task)
@@ -228,14 +263,17 @@ def record(cfg: RecordConfig) -> Path:
             progress.set_postfix(success_rate=f"{successes / n:.2f}")
             if n % cfg.finalize_every == 0 and start + n < cfg.episodes:
                 dataset.finalize()
-                dataset = _open_dataset(cfg)
+                _commit(root)
+                dataset = _working_copy(cfg)
         progress.close()
     finally:
         if pool is not None:
             pool.terminate()
-        dataset.finalize()
+        if dataset is not None:  # whole episodes only (write_episode), also after Ctrl-C / SIGTERM
+            dataset.finalize()
+            _commit(root)
         signal.signal(signal.SIGTERM, previous_sigterm)
-    return Path(cfg.root)
+    return root
 
 
 def main() -> None:
