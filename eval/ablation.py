@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.report import write_result
+
 # name -> (what changes, the flags beside COMMON_FLAGS). "today" is the design shipped before this study.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "today": ("tiny preset as shipped: 8x8 patches (193 tokens/frame), frames predicted whole, 3 memory frames, batch 8",
@@ -129,8 +131,6 @@ def run_variant(cfg: AblationConfig, name: str) -> dict:
 
 def write_results(cfg: AblationConfig, results: dict) -> None:
     out = Path(cfg.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ablation_{cfg.run}.json").write_text(json.dumps(results, indent=2))
     hs = cfg.horizons_s
     head = (" | ".join(f"PSNR {h:g} s" for h in hs) + " | " + " | ".join(f"SSIM {h:g} s" for h in hs) + " | "
             + " | ".join(f"hand {h:g} s" for h in hs) + " | " + " | ".join(f"object {h:g} s" for h in hs))
@@ -174,8 +174,7 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
     reading = out / f"ablation_{cfg.run}_reading.md"  # what a person concluded, kept across regenerations
     if reading.exists():
         lines += ["", reading.read_text().rstrip()]
-    (out / f"ablation_{cfg.run}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(out / f"ablation_{cfg.run}.json", results, lines)
 
 
 def ablation(cfg: AblationConfig) -> dict:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from eval.report import write_result
 from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.envs.metaworld import ACTION_TO_POSE, STATE_NAMES
 from worldmodel.memory import MemoryConfig
@@ -261,9 +262,6 @@ def fidelity(cfg: FidelityConfig) -> dict:
 
 
 def write_results(cfg: FidelityConfig, result: dict) -> None:
-    results_dir = Path(cfg.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"fidelity_{cfg.run}.json").write_text(json.dumps(result, indent=2))
     horizons = " | ".join(f"{h:g} s" for h in result["horizons_s"])
     lines = [f"# Open-loop fidelity: {result['run']}", "",
              f"Model `{result['model']['path']}` ({result['model']['preset']}), {result['episodes']} held-out episodes "
@@ -288,8 +286,7 @@ def write_results(cfg: FidelityConfig, result: dict) -> None:
             lines.append(f"| {name} | {rv[name]['psnr']['mean_over_views']:.2f} | "
                          f"{rv[name]['ssim']['mean_over_views']:.3f} | {f'{pov[0]:.2f}' if pov else '-'} |")
     lines += ["", f"`{result['command']}` ({result['seconds']:.0f} s on {result['device']})."]
-    (results_dir / f"fidelity_{result['run']}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(cfg.results_dir) / f"fidelity_{cfg.run}.json", result, lines)
 
     # A page with the PSNR curves (all views averaged) of every variant.
     out = Path(cfg.output_dir)

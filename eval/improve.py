@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from eval.report import write_result
 from policies.train_visual import TrainVisualConfig, train_visual
 from worldmodel.dataset import DatasetConfig
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
@@ -143,9 +144,6 @@ def improve(cfg: ImproveConfig) -> dict:
               "imagined_kept": n_kept, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
               "command": "python -m eval.improve " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items()
                                                               if k != "sampler")}
-    results_dir = Path(cfg.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"improve_{cfg.run}.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Policy improvement from imagined data: {cfg.run}", "",
              f"World model `{cfg.model}`, judge `{cfg.judge}`; weak ACT on {cfg.weak_demos} demos x {cfg.weak_steps} "
              f"steps; {report['imagined_rollouts']} imagined rollouts, {n_kept} judged successful; fine-tuning "
@@ -155,8 +153,7 @@ def improve(cfg: ImproveConfig) -> dict:
     for name, r in results.items():
         lines.append(f"| {name} | {r['success']:.2f} | [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}] |")
     lines += [""] + [f"Note: {n}" for n in notes]
-    (results_dir / f"improve_{cfg.run}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(cfg.results_dir) / f"improve_{cfg.run}.json", report, lines)
     return report
 
 

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from eval.report import write_result
 from policies.metaworld import FAMILY, make_family
+from worldmodel.atomic import write_json_atomic, write_text_atomic
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
 from worldmodel.judge import StateDistanceJudge, SuccessJudge, judge_window
@@ -122,152 +124,163 @@ def scatter_svg(rows: list[dict], size: int = 360) -> str:
     return "".join(parts) + "</svg>"
 
 
-def rank(cfg: RankConfig) -> dict:
-    started = time.time()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    episodes_file = out / "episodes.jsonl"
-    if not cfg.resume and episodes_file.exists():
+def load_finished(episodes_file: Path, resume: bool) -> dict:
+    """(policy, episode) -> record of every pair a resumed run already finished."""
+    if not resume and episodes_file.exists():
         episodes_file.unlink()
-    done = {}
-    if episodes_file.exists():
-        for line in episodes_file.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["policy"], r["episode"])] = r
+    if not episodes_file.exists():
+        return {}
+    lines = [line for line in episodes_file.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{episodes_file}: line {i + 1} is not JSON; delete the file to start over") from None
+            # A hard kill cut the last line short: that pair is rolled out again.
+            write_text_atomic(episodes_file, "".join(json.dumps(r) + "\n" for r in records))
+    return {(r["policy"], r["episode"]): r for r in records}
 
-    model = VideoDiT.from_pretrained(cfg.model)
+
+def run_real_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, videos: dict) -> dict:
+    """Every pending (policy, episode) in the simulator: outcome, rewards, the judge's verdict on its last
+    frames, and the initial observation imagination starts from."""
     keys, stride = list(model.cfg.camera_keys), model.cfg.frame_stride
-    judge, judge_name = load_judge(cfg)
-    judge_k = judge_window(judge)
-    names = cfg.policies or list(FAMILY)
     env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=camera_names(model),
                                                 image_size=model.cfg.image_size,
                                                 max_episode_steps=cfg.max_episode_steps))
-    pairs = [(p, e) for p in names for e in range(cfg.episodes) if (p, e) not in done]
-    videos: dict[tuple[str, int], list] = {}
-
-    # 1. Real episodes (and the initial observations imagination starts from).
     real = {}
     for name, e in tqdm(pairs, desc="real episodes", unit="episode"):
         policy = make_family(cfg.task, names=[name])[0]
         initial, kept, success, rsum, rmax = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
                                                           keep_frames=e < cfg.videos_per_policy)
-        frames, states = judge_frames(kept, keys, judge_k)
+        frames, states = judge_frames(kept, keys, judge_window(judge))
         real[(name, e)] = {"initial": initial, "success": success, "reward_sum": rsum, "reward_max": rmax,
                            "judge_on_real": bool(torch.as_tensor(judge(frames, states, cfg.task))[0] >= 0.5)}
         if e < cfg.videos_per_policy:
             videos[(name, e)] = [kept]
     env.close()
+    return real
 
-    # 2. Imagined episodes: all pending (policy, episode) pairs, batched across policies.
+
+def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, real: dict, seed: int,
+                       keep_video: set) -> tuple[dict, dict, np.ndarray, dict]:
+    """One batch of (policy, episode) pairs rolled out together in the world model from their real twins'
+    initial observations. -> final observations, last info, summed rewards, kept frames per pair."""
+    keys, stride, B = list(model.cfg.camera_keys), model.cfg.frame_stride, len(batch)
+    world = WorldModel(model, cfg.sampler, batch_size=B, device=cfg.device, seed=seed)
+    imagined_env = ImaginedVectorEnv(world, judge, cfg.max_episode_steps, task=cfg.task)
+    initial = {k: np.stack([real[p]["initial"][k] for p in batch]) for k in keys + ["observation.state"]}
+    obs, _ = imagined_env.reset(options={"observations": initial})
+    groups = {}  # policy name -> rows of the batch
+    for row, (name, e) in enumerate(batch):
+        groups.setdefault(name, []).append(row)
+    policies = {name: make_family(cfg.task, names=[name])[0] for name in groups}
+    for policy in policies.values():
+        policy.reset(seed=seed)
+    recorded = {pair: [{k: obs[k][row] for k in obs}] for row, pair in enumerate(batch) if pair in keep_video}
+    rewards = np.zeros(B)
+    for t in range(cfg.max_episode_steps):
+        actions = np.zeros((B, model.cfg.action_dim), np.float32)
+        for name, rows in groups.items():
+            actions[rows] = policies[name].select_action({k: v[rows] for k, v in obs.items()})
+        obs, reward, _, _, info = imagined_env.step(actions)
+        rewards += reward
+        if (t + 1) % stride == 0:
+            for row, pair in enumerate(batch):
+                if pair in recorded:
+                    recorded[pair].append({k: obs[k][row] for k in obs})
+    return obs, info, rewards, recorded
+
+
+def run_imagined_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, real: dict, videos: dict,
+                          done: dict, episodes_file: Path) -> None:
+    """All pending pairs in imagination, batched across policies; each finished batch is appended to
+    `episodes_file` (what `--resume=true` keeps)."""
     for lo in tqdm(range(0, len(pairs), cfg.batch_size), desc="imagined batches", unit="batch"):
         batch = pairs[lo:lo + cfg.batch_size]
-        B = len(batch)
-        world = WorldModel(model, cfg.sampler, batch_size=B, device=cfg.device, seed=cfg.seed + lo)
-        imagined_env = ImaginedVectorEnv(world, judge, cfg.max_episode_steps, task=cfg.task)
-        initial = {k: np.stack([real[p]["initial"][k] for p in batch]) for k in keys + ["observation.state"]}
-        obs, _ = imagined_env.reset(options={"observations": initial})
-        groups = {}  # policy name -> (policy instance, rows)
-        for row, (name, e) in enumerate(batch):
-            groups.setdefault(name, []).append(row)
-        policies = {name: make_family(cfg.task, names=[name])[0] for name in groups}
-        for name, policy in policies.items():
-            policy.reset(seed=cfg.seed + lo)
-        recorded = {pair: [{k: obs[k][row] for k in obs}] for row, pair in enumerate(batch) if pair in videos}
-        rewards = np.zeros(B)
-        for t in range(cfg.max_episode_steps):
-            actions = np.zeros((B, model.cfg.action_dim), np.float32)
-            for name, rows in groups.items():
-                actions[rows] = policies[name].select_action({k: v[rows] for k, v in obs.items()})
-            obs, reward, _, truncated, info = imagined_env.step(actions)
-            rewards += reward
-            if (t + 1) % stride == 0:
-                for row, pair in enumerate(batch):
-                    if pair in recorded:
-                        recorded[pair].append({k: obs[k][row] for k in obs})
+        obs, info, rewards, recorded = run_imagined_batch(cfg, model, judge, batch, real, cfg.seed + lo, set(videos))
         # A second opinion on every imagined ending: the simulator's own success rule applied to the state
         # the model predicted (agreement with the judge says whether frames and state tell the same story).
         state_rule = np.asarray(StateDistanceJudge()(None, obs["observation.state"][:, None])) >= 0.5
+        lines = []
+        for row, (name, e) in enumerate(batch):
+            r = real[(name, e)]
+            record = {"policy": name, "episode": e, "seed": cfg.seed + e, "real_success": r["success"],
+                      "imagined_success": bool(info["is_success"][row]),
+                      "imagined_success_probability": float(info["success_probability"][row]),
+                      "state_rule_on_imagined": bool(state_rule[row]),
+                      "judge_on_real": r["judge_on_real"], "real_reward_sum": r["reward_sum"],
+                      "imagined_reward_sum": float(rewards[row])}
+            lines.append(json.dumps(record) + "\n")
+            done[(name, e)] = record
+            if (name, e) in recorded:
+                videos[(name, e)].append(recorded[(name, e)])
         with open(episodes_file, "a") as f:
-            for row, (name, e) in enumerate(batch):
-                r = real[(name, e)]
-                record = {"policy": name, "episode": e, "seed": cfg.seed + e, "real_success": r["success"],
-                          "imagined_success": bool(info["is_success"][row]),
-                          "imagined_success_probability": float(info["success_probability"][row]),
-                          "state_rule_on_imagined": bool(state_rule[row]),
-                          "judge_on_real": r["judge_on_real"], "real_reward_sum": r["reward_sum"],
-                          "imagined_reward_sum": float(rewards[row])}
-                f.write(json.dumps(record) + "\n")
-                done[(name, e)] = record
-                if (name, e) in recorded:
-                    videos[(name, e)].append(recorded[(name, e)])
+            f.write("".join(lines))
 
-    # 3. Results.
+
+def summarize(cfg: RankConfig, names: list, done: dict) -> tuple[list, dict]:
+    """Per-policy rows and the ranking metrics (judge, and the success rule on the predicted state)."""
+    outcomes = {key: [[done[(n, e)][key] for e in range(cfg.episodes)] for n in names]
+                for key in ("real_success", "imagined_success", "state_rule_on_imagined")}
     rows = []
-    for name in names:
+    for i, name in enumerate(names):
         records = [done[(name, e)] for e in range(cfg.episodes)]
         rows.append({"name": name, "n_episodes": len(records),
-                     "real_success": float(np.mean([r["real_success"] for r in records])),
-                     "imagined_success": float(np.mean([r["imagined_success"] for r in records])),
+                     "real_success": float(np.mean(outcomes["real_success"][i])),
+                     "imagined_success": float(np.mean(outcomes["imagined_success"][i])),
+                     "imagined_success_state_rule": float(np.mean(outcomes["state_rule_on_imagined"][i])),
                      "judge_agreement": float(np.mean([r["judge_on_real"] == r["real_success"] for r in records]))})
-    metrics = bootstrap_ranking_metrics(
-        [[done[(n, e)]["real_success"] for e in range(cfg.episodes)] for n in names],
-        [[done[(n, e)]["imagined_success"] for e in range(cfg.episodes)] for n in names], n_boot=cfg.n_boot)
-    all_records = [done[(n, e)] for n in names for e in range(cfg.episodes)]
-    # The same ranking with the simulator's own success rule read off the predicted state instead of the judge.
-    state_rule_metrics = bootstrap_ranking_metrics(
-        [[done[(n, e)]["real_success"] for e in range(cfg.episodes)] for n in names],
-        [[done[(n, e)]["state_rule_on_imagined"] for e in range(cfg.episodes)] for n in names], n_boot=cfg.n_boot)
-    for row in rows:
-        row["imagined_success_state_rule"] = float(np.mean([done[(row["name"], e)]["state_rule_on_imagined"]
-                                                            for e in range(cfg.episodes)]))
-    result = {
-        "run": cfg.run, "policies": rows,
+    metrics = bootstrap_ranking_metrics(outcomes["real_success"], outcomes["imagined_success"], n_boot=cfg.n_boot)
+    state_rule = bootstrap_ranking_metrics(outcomes["real_success"], outcomes["state_rule_on_imagined"],
+                                           n_boot=cfg.n_boot)
+    records = [done[(n, e)] for n in names for e in range(cfg.episodes)]
+    summary = {
         "pearson": metrics["pearson"], "spearman": metrics["spearman"], "mmrv": metrics["mmrv"],
-        "judge_accuracy": float(np.mean([r["judge_on_real"] == r["real_success"] for r in all_records])),
+        "judge_accuracy": float(np.mean([r["judge_on_real"] == r["real_success"] for r in records])),
         # On imagined episodes there is no ground truth; agreement with the state rule on the predicted state,
         # and how often an imagined episode ends like its real twin (same start, same policy).
         "judge_agreement_imagined": float(np.mean([r["imagined_success"] == r["state_rule_on_imagined"]
-                                                   for r in all_records])),
-        "episode_agreement": float(np.mean([r["imagined_success"] == r["real_success"] for r in all_records])),
-        "state_rule": {"pearson": state_rule_metrics["pearson"], "spearman": state_rule_metrics["spearman"],
-                       "mmrv": state_rule_metrics["mmrv"],
+                                                   for r in records])),
+        "episode_agreement": float(np.mean([r["imagined_success"] == r["real_success"] for r in records])),
+        "state_rule": {"pearson": state_rule["pearson"], "spearman": state_rule["spearman"], "mmrv": state_rule["mmrv"],
                        "episode_agreement": float(np.mean([r["state_rule_on_imagined"] == r["real_success"]
-                                                           for r in all_records]))},
-        "model": {"path": cfg.model, "preset": model.cfg.preset, "image_size": model.cfg.image_size,
-                  "camera_keys": keys, "frame_stride": stride},
-        "judge": judge_name, "sampler": asdict(cfg.sampler), "episodes_per_policy": cfg.episodes,
-        "max_episode_steps": cfg.max_episode_steps, "seed": cfg.seed, "seconds": time.time() - started,
-        "command": "python -m eval.rank " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items()
-                                                     if k not in ("sampler",) and v is not None),
+                                                           for r in records]))},
     }
-    results_dir = Path(cfg.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"rank_{cfg.run}.json").write_text(json.dumps(result, indent=2))
-    fmt = lambda m: f"{m['value']:.3f} [{m['interval'][0]:.3f}, {m['interval'][1]:.3f}]" if m["interval"] else f"{m['value']}"
+    return rows, summary
+
+
+def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tuple[list[str], list[str]]:
+    """The results table and the two summary sentences (judge, state rule)."""
+    def fmt(m):
+        return f"{m['value']:.3f} [{m['interval'][0]:.3f}, {m['interval'][1]:.3f}]" if m["interval"] else f"{m['value']}"
+
+    sr = result["state_rule"]
     table = ["| policy | real success | imagined success (judge) | imagined success (state rule) | judge agreement (real) |",
              "| --- | ---: | ---: | ---: | ---: |"]
     table += [f"| {r['name']} | {r['real_success']:.2f} | {r['imagined_success']:.2f} | "
               f"{r['imagined_success_state_rule']:.2f} | {r['judge_agreement']:.2f} |" for r in rows]
-    summary = [f"Pearson r {fmt(metrics['pearson'])}, Spearman rho {fmt(metrics['spearman'])}, "
-               f"MMRV {fmt(metrics['mmrv'])} (95% bootstrap intervals over episodes); judge accuracy on real "
+    summary = [f"Pearson r {fmt(result['pearson'])}, Spearman rho {fmt(result['spearman'])}, "
+               f"MMRV {fmt(result['mmrv'])} (95% bootstrap intervals over episodes); judge accuracy on real "
                f"episodes {result['judge_accuracy']:.2f}; on imagined episodes the judge agrees with the success "
                f"rule on the predicted state {result['judge_agreement_imagined']:.2f} of the time; imagined and "
                f"real twin episodes end alike {result['episode_agreement']:.2f} of the time. "
                f"{cfg.episodes} episodes per policy.",
-               f"With the success rule on the predicted state instead of the judge: Pearson r "
-               f"{fmt(state_rule_metrics['pearson'])}, Spearman rho {fmt(state_rule_metrics['spearman'])}, MMRV "
-               f"{fmt(state_rule_metrics['mmrv'])}; imagined and real twins end alike "
-               f"{result['state_rule']['episode_agreement']:.2f} of the time."]
-    (results_dir / f"rank_{cfg.run}.md").write_text(
-        f"# Policy ranking in imagination: {cfg.run}\n\nModel `{cfg.model}`, judge: {judge_name}.\n\n"
-        + "\n".join(table) + "\n\n" + "\n\n".join(summary) + "\n\n`" + result["command"] + "`\n")
-    print("\n".join(table) + "\n" + "\n".join(summary))
+               f"With the success rule on the predicted state instead of the judge: Pearson r {fmt(sr['pearson'])}, "
+               f"Spearman rho {fmt(sr['spearman'])}, MMRV {fmt(sr['mmrv'])}; imagined and real twins end alike "
+               f"{sr['episode_agreement']:.2f} of the time."]
+    page = ([f"# Policy ranking in imagination: {cfg.run}", "", f"Model `{cfg.model}`, judge: {judge_name}.", ""]
+            + table + [""] + [summary[0], "", summary[1], "", f"`{result['command']}`"])
+    return page, summary
 
-    # lerobot-eval's multi-task shape, one group per policy (imagined episodes).
+
+def write_eval_info(path: Path, names: list, done: dict, episodes: int, seconds: float) -> None:
+    """lerobot-eval's multi-task shape, one group per policy (imagined episodes)."""
     per_task, per_group = [], {}
     for name in names:
-        records = [done[(name, e)] for e in range(cfg.episodes)]
+        records = [done[(name, e)] for e in range(episodes)]
         per_episode = [{"episode_ix": r["episode"], "sum_reward": r["imagined_reward_sum"],
                         "max_reward": float(r["imagined_success"]), "success": r["imagined_success"],
                         "seed": r["seed"]} for r in records]
@@ -278,15 +291,17 @@ def rank(cfg: RankConfig) -> dict:
         per_task.append({"task_group": name, "task_id": 0, "metrics": {"per_episode": per_episode,
                                                                         "aggregated": aggregated}})
         per_group[name] = aggregated
+    n = len(names) * episodes
     overall = {"avg_sum_reward": float(np.mean([g["avg_sum_reward"] for g in per_group.values()])),
                "avg_max_reward": float(np.mean([g["avg_max_reward"] for g in per_group.values()])),
                "pc_success": float(np.mean([g["pc_success"] for g in per_group.values()])),
-               "n_episodes": len(all_records), "eval_s": result["seconds"],
-               "eval_ep_s": result["seconds"] / max(1, len(all_records)), "video_paths": []}
-    (out / "eval_info.json").write_text(json.dumps({"per_task": per_task, "per_group": per_group,
-                                                    "overall": overall}, indent=2))
+               "n_episodes": n, "eval_s": seconds, "eval_ep_s": seconds / max(1, n), "video_paths": []}
+    write_json_atomic(path, {"per_task": per_task, "per_group": per_group, "overall": overall})
 
-    # HTML report.
+
+def write_report(path: Path, cfg: RankConfig, judge_name: str, keys: list, rows: list, summary: list,
+                 videos: dict, done: dict) -> None:
+    """The HTML page: scatter plot, table, side-by-side real | imagined videos."""
     clips = []
     for (name, e), (real_frames, *imagined) in sorted(videos.items()):
         if imagined:
@@ -298,13 +313,43 @@ def rank(cfg: RankConfig) -> dict:
                          f'</figcaption></figure>')
     html_table = "".join(f"<tr><td>{r['name']}</td><td>{r['real_success']:.2f}</td><td>{r['imagined_success']:.2f}"
                          f"</td><td>{r['judge_agreement']:.2f}</td></tr>" for r in rows)
-    (out / "report.html").write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>worldmodel ranking
+    write_text_atomic(path, f"""<!doctype html><html><head><meta charset="utf-8"><title>worldmodel ranking
 {cfg.run}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}
 figure{{display:inline-block;margin:8px}}</style></head><body>
 <h1>Policy ranking in imagination ({cfg.run})</h1><p>Model <code>{cfg.model}</code>; judge: {judge_name};
 {cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p><p>{summary[0]}</p><p>{summary[1]}</p>
 {scatter_svg(rows)}<table><tr><th>policy</th><th>real</th><th>imagined</th><th>judge agreement</th></tr>{html_table}
 </table><h2>Real vs imagined</h2>{''.join(clips)}</body></html>""")
+
+
+def rank(cfg: RankConfig) -> dict:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    episodes_file = out / "episodes.jsonl"
+    done = load_finished(episodes_file, cfg.resume)
+    model = VideoDiT.from_pretrained(cfg.model)
+    judge, judge_name = load_judge(cfg)
+    names = cfg.policies or list(FAMILY)
+    pairs = [(p, e) for p in names for e in range(cfg.episodes) if (p, e) not in done]
+    videos: dict[tuple[str, int], list] = {}  # (policy, episode) -> [real frames, imagined frames]
+
+    real = run_real_episodes(cfg, model, judge, pairs, videos)
+    run_imagined_episodes(cfg, model, judge, pairs, real, videos, done, episodes_file)
+    rows, summary = summarize(cfg, names, done)
+    result = {
+        "run": cfg.run, "policies": rows, **summary,
+        "model": {"path": cfg.model, "preset": model.cfg.preset, "image_size": model.cfg.image_size,
+                  "camera_keys": list(model.cfg.camera_keys), "frame_stride": model.cfg.frame_stride},
+        "judge": judge_name, "sampler": asdict(cfg.sampler), "episodes_per_policy": cfg.episodes,
+        "max_episode_steps": cfg.max_episode_steps, "seed": cfg.seed, "seconds": time.time() - started,
+        "command": "python -m eval.rank " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items()
+                                                     if k not in ("sampler",) and v is not None),
+    }
+    page, sentences = markdown(cfg, judge_name, rows, result)
+    write_result(Path(cfg.results_dir) / f"rank_{cfg.run}.json", result, page)
+    write_eval_info(out / "eval_info.json", names, done, cfg.episodes, result["seconds"])
+    write_report(out / "report.html", cfg, judge_name, list(model.cfg.camera_keys), rows, sentences, videos, done)
     return result
 
 

@@ -14,15 +14,14 @@ default (3 views, 64 px, pixel codec, frame_stride 4), one sampler setting. Repo
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
+from eval.report import write_result
 from worldmodel.memory import MemoryConfig
 from worldmodel.model import build_config, make_model
 from worldmodel.sampler import SamplerConfig, StreamingSampler
@@ -137,9 +136,6 @@ def main() -> None:
               "views": cfg.views, "sampler": asdict(s), "short_horizon": cfg.short_horizon,
               "long_horizon": cfg.long_horizon, "naive_horizon": cfg.naive_horizon, "call_frames": cfg.call_frames,
               "command": "python -m eval.speed", **results}
-    output = Path(cfg.output or f"eval/results/speed_{tag}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
     fps = results["frames_per_s"]
     md = [f"# Streaming speed ({device_name})", "",
           f"`{cfg.preset}` preset, {cfg.views} views x {cfg.image_size} px, S={s.steps} steps, W={s.window}, "
@@ -154,8 +150,7 @@ def main() -> None:
           f"| naive, s/frame at frame {cfg.naive_horizon} | {results['naive_per_frame_s_last']:.4f} |",
           f"| peak memory (MB) | {results['peak_memory_mb']:.0f} |"]
     md += [f"| batched frames/s, {b} rollouts | {v:.2f} |" for b, v in results["batched_frames_per_s"].items()]
-    output.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_result(cfg.output or f"eval/results/speed_{tag}.json", report, md)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from eval.report import write_result
 from worldmodel.diffusion import FlowMatching
 from worldmodel.model import build_config, make_model
 
@@ -112,9 +112,6 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     report = {"device": device_name, "torch": torch.__version__, "results": results,
               "command": "python -m eval.train_speed"}
-    output = Path(cfg.output or f"eval/results/train_speed_{tag}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
     lines = [f"# Training throughput ({device_name})", "",
              "| preset | params | batch | tokens/clip | s/step | clips/s | tokens/s |" + (" MFU |" if device.type == "cuda" else ""),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if device.type == "cuda" else "")]
@@ -124,8 +121,7 @@ def main() -> None:
         if device.type == "cuda":
             row += f" {r['mfu']:.1%} |" if r.get("mfu") else " n/a |"
         lines.append(row)
-    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(cfg.output or f"eval/results/train_speed_{tag}.json", report, lines)
 
 
 if __name__ == "__main__":

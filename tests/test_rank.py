@@ -39,3 +39,10 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
     resumed = rank(config(tiny_world_model_dir, tmp_path, resume=True))
     assert (tmp_path / "out" / "episodes.jsonl").read_text() == episodes
     assert resumed["policies"] == first["policies"]
+
+    # A hard kill while a batch was being appended leaves a torn last line: resuming redoes that pair only.
+    lines = episodes.splitlines(keepends=True)
+    (tmp_path / "out" / "episodes.jsonl").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    healed = rank(config(tiny_world_model_dir, tmp_path, resume=True))
+    records = [json.loads(line) for line in (tmp_path / "out" / "episodes.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and healed["policies"] == first["policies"]
