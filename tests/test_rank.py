@@ -45,4 +45,6 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
     (tmp_path / "out" / "episodes.jsonl").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     healed = rank(config(tiny_world_model_dir, tmp_path, resume=True))
     records = [json.loads(line) for line in (tmp_path / "out" / "episodes.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and healed["policies"] == first["policies"]
+    assert sorted((r["policy"], r["episode"]) for r in records) == [("expert", 0), ("expert", 1), ("random", 0),
+                                                                     ("random", 1)]
+    assert [p["real_success"] for p in healed["policies"]] == [p["real_success"] for p in first["policies"]]

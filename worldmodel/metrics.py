@@ -9,7 +9,7 @@ Frames (imagined vs real, same initial state and actions): psnr, ssim (per image
 open_loop_fidelity (per view and horizon), revisit_frames (where the arm comes back to a place it left).
 
 MMRV (Li et al., "Evaluating Real-World Robot Manipulation Policies in Simulation", 2024):
-    RankViolation(i, j) = |R_i - R_j| * 1[(S_i < S_j) != (R_i < R_j)]
+    RankViolation(i, j) = |R_i - R_j| * 1[(S_i > S_j) != (R_i > R_j)]   (strict >, as SIMPLER)
     MMRV = mean_i max_j RankViolation(i, j)
 with R the *real* and S the simulated (here: imagined) success rates. The weight is the real gap: a
 swap of two policies that are really far apart is a bad ranking error, a swap of two really similar
