@@ -309,7 +309,7 @@ def write_results(cfg: FidelityConfig, result: dict) -> None:
            f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle" font-size="11">imagined frame (robot time '
            f'0 to {result["horizons_s"][-1]:g} s)</text><text x="4" y="{pad - 8}" font-size="11">PSNR {top:.0f} dB</text>'
            f'<text x="4" y="{height - pad + 14}" font-size="11">{bottom:.0f} dB</text>{"".join(paths)}</svg>')
-    table = (results_dir / f"fidelity_{result['run']}.md").read_text()
+    table = "\n".join(lines)
     (out / f"fidelity_{result['run']}.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>fidelity {result['run']}</title></head>"
         f"<body style='font-family:sans-serif;margin:2em'><h1>Open-loop fidelity ({result['run']})</h1>{svg}"

@@ -104,7 +104,7 @@ def package_model(cfg: PackageConfig) -> Path:
         "## Training",
         f"- {summary['steps']} steps, batch {t['train']['batch_size']}, {t['dataset']['clip_frames']} frames per clip "
         f"+ {t['dataset'].get('memory_frames', 0)} memory frames, lr {t['train']['lr']}, {summary['num_processes']} "
-        f"process(es), {summary['clips_per_s']:.1f} clips/s; "
+        f"process(es), {summary.get('clips_per_s_overall', summary['clips_per_s']):.1f} clips/s; "
         f"{summary.get('wall_seconds', summary['seconds']) / 60:.0f} minutes of training wall time in all"
         + (f" (resumed at step {summary['resumed_from_step']})" if summary.get("resumed_from_step") else "")
         + f" on {summary.get('device', 'an unrecorded device')} (`train_summary.json`).",

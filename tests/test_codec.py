@@ -35,7 +35,8 @@ def test_autoencoder_kl_codec_from_a_saved_folder(tmp_path):
     torch.testing.assert_close(again.encode(images), latents)
 
     # And the world model trains on its latents.
-    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=2), num_views=2,
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=2, residual_from_first_frame=False),
+                       num_views=2,
                        latent_channels=4, latent_size=8, image_size=32, frame_stride=3, codec=codec.description())
     model = make_model(cfg)
     loss, _ = FlowMatching().loss(model, latents, torch.randn(2, 3, 39), torch.randn(2, 3, 3, 4))

@@ -67,19 +67,18 @@ def test_tiny_model_overfits_two_clips_and_the_sampler_regenerates_them(clips):
 
     before = held_fixed_loss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    # Train to a loss, not for a number of steps: how fast a given step count gets there depends on the
-    # machine's numerics (kernels, video decoding), and the regeneration check below needs the clips learnt.
-    after = before
-    for step in range(1, 2001):
+    # The learning rate decays to zero: at a constant 2e-3 the loss spikes now and then, and whether the last
+    # step lands in a spike depends on the machine's numerics (a fixed step count passed here, failed elsewhere).
+    # Decayed, three seeds end with the loss ~1000x lower and regeneration errors 0.4-0.6% of the swapped ones.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 1000)
+    for _ in range(1000):
         loss, _ = fm.loss(model, batch["images"], model.normalize_state(batch["state"]), batch["actions"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 250 == 0:
-            after = held_fixed_loss()
-            if after < before / 20:
-                break
-    assert after < before / 20, (before, after)
+        schedule.step()
+    after = held_fixed_loss()
+    assert after < before / 100, (before, after)
 
     # The full-sequence reference sampler, from frame 0 and the recorded actions, redraws the clips.
     generator = torch.Generator().manual_seed(0)
@@ -89,7 +88,7 @@ def test_tiny_model_overfits_two_clips_and_the_sampler_regenerates_them(clips):
     assert future.shape == batch["images"][:, 1:].shape and state.shape == batch["state"][:, 1:].shape
     err_own = (future - batch["images"][:, 1:]).pow(2).mean()
     err_swapped = (future - batch["images"][[1, 0], 1:]).pow(2).mean()
-    assert err_own < err_swapped / 2, (err_own, err_swapped)
+    assert err_own < err_swapped / 4, (err_own, err_swapped)
 
 
 @pytest.mark.parametrize("design", [PLAIN, RESIDUAL])

@@ -74,7 +74,6 @@ class SuccessJudge(ModelMixin, ConfigMixin):
             feats = torch.cat([feats, (states[:, -1].float() - self.state_mean) / self.state_std], dim=1)
         return self.head(feats).squeeze(1)
 
-    @torch.no_grad()
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "SuccessJudge":
         check_folder_kind(path, "SuccessJudge")
@@ -84,6 +83,7 @@ class SuccessJudge(ModelMixin, ConfigMixin):
     def frames(self) -> int:  # K: the judge contract (judge_window)
         return self.cfg.frames
 
+    @torch.no_grad()
     def probability(self, frames, states, task: str = "") -> torch.Tensor:
         """The judge protocol: (frames, states, task) -> success probability (B,). Pass
         `judge.probability` wherever a judge callable is expected."""

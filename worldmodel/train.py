@@ -151,7 +151,7 @@ def mixed_precision_mode(value) -> str:
     documented value `no` as the YAML boolean false, so false means "no" too."""
     if value is None:
         return "bf16" if torch.cuda.is_available() else "no"
-    if value is False or value == "no":
+    if value is False or str(value).lower() in ("no", "false"):  # `no` may arrive as False or "False"
         return "no"
     if value in ("bf16", "fp16"):
         return value
@@ -417,7 +417,9 @@ def train(cfg: TrainConfig) -> Path:
             "steps": step, "steps_this_run": trained, "resumed_from_step": start_step,
             "num_processes": accelerator.num_processes, "seconds": elapsed, "wall_seconds": wall_seconds(),
             "device": accelerator.device.type if accelerator.device.type != "cpu" else f"cpu ({os.cpu_count()} cores)",
-            "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,
+            "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,  # this run (after a resume: its part)
+            # every step of every run over all training time (validation and checkpoints included)
+            "clips_per_s_overall": step * loop.batch_size * accelerator.num_processes / max(wall_seconds(), 1e-9),
             "parameters": sum(p.numel() for p in model.parameters()),
             "param_checksums_per_process": checksums,
         })
