@@ -140,8 +140,7 @@ class FlowMatching:
             keep = torch.rand(B, device=device, generator=generator) >= self.config.memory_dropout
             memory = {**memory, "valid": memory["valid"] & keep[:, None]}
         anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
-        taken = actions if actions_is_pad is None else actions.masked_fill(actions_is_pad[..., None], 0.0)
-        anchor = clip_anchors(*anchor_source, in_loss, taken) if uses_anchor else None
+        anchor = clip_anchors(*anchor_source, in_loss, actions, actions_is_pad) if uses_anchor else None
         if mc.residual_from_first_frame:
             anchor["latents"] = first_frame_anchors(anchor["latents"], first_frame_latents(memory), in_loss)
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
@@ -159,11 +158,11 @@ class FlowMatching:
 
 
 def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Tensor,
-                 actions: torch.Tensor | None = None) -> dict:
+                 actions: torch.Tensor | None = None, actions_is_pad: torch.Tensor | None = None) -> dict:
     """Every frame's anchor in a clip whose context is a prefix: a context frame is its own anchor, a future
     frame's is the last context frame. latents (B, T, ...), state (B, T, S), is_future (B, T): the values the
     anchors are taken from (clean, or as the network sees them with `noisy_anchor`). With actions
-    (B, T, stride, A) raw (padding zeroed), also "action_sum" (B, T, A): the env actions since the anchor."""
+    (B, T, stride, A) raw (and their padding flags), also "action_sum" (B, T, A): the env actions since the anchor."""
     B, T = is_future.shape
     n_context = (~is_future).sum(dim=1, keepdim=True)  # (B, 1), >= 1
     index = torch.minimum(torch.arange(T, device=latents.device)[None], n_context - 1)  # (B, T)
@@ -173,6 +172,8 @@ def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Te
 
     anchor = {"latents": gather(latents), "state": gather(state)}
     if actions is not None:
+        if actions_is_pad is not None:  # steps before the episode's start took no action
+            actions = actions.masked_fill(actions_is_pad[..., None], 0.0)
         taken = actions.sum(dim=2).cumsum(dim=1)  # (B, T, A) every action up to and including frame t's chunk
         anchor["action_sum"] = taken - gather(taken)
     return anchor
@@ -232,8 +233,8 @@ def sample_full_sequence(
     ctx_state = model.normalize_state(context_state)
     is_future = torch.arange(K + F_, device=device)[None].expand(B, -1) >= K
     # Anchors (for residual / state-conditioned models): the last context frame for every future frame.
-    anchor = clip_anchors(torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), is_future,
-                          actions if actions_is_pad is None else actions.masked_fill(actions_is_pad[..., None], 0.0))
+    anchor = clip_anchors(torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), is_future, actions,
+                          actions_is_pad)
     if model.cfg.residual_from_first_frame:
         anchor["latents"] = first_frame_anchors(anchor["latents"], context_latents[:, 0], is_future)
     levels = noise_levels(num_steps, device)

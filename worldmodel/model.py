@@ -373,7 +373,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
             raise ValueError("actions: contain NaN or inf")
         # Far outside anything seen in training the network's output is meaningless (and can overflow to
         # NaN): refuse it instead of returning black frames.
-        worst = ((actions - self.action_mean) / self.action_std).abs().amax(dim=(0, 1, 2))  # (A,)
+        worst = self.normalize_actions(actions).abs().amax(dim=(0, 1, 2))  # (A,)
         if bool((worst > self.action_limit_std).any()):
             dim = int(worst.argmax())
             raise ValueError(f"actions: dimension {dim} is {float(worst[dim]):.3g} training standard deviations from "

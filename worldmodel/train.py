@@ -164,10 +164,11 @@ def check_config(cfg: TrainConfig) -> None:
     spec = cfg.model
     if spec.preset not in PRESETS:
         raise ValueError(f"model.preset: {spec.preset!r} is not one of {sorted(PRESETS)}")
+    preset = PRESETS[spec.preset]()
     from_first = spec.residual_from_first_frame
     if from_first is None:
-        from_first = PRESETS[spec.preset]().get("residual_from_first_frame", False)
-    patch = spec.patch_size or PRESETS[spec.preset]()["patch_size"]
+        from_first = preset.get("residual_from_first_frame", False)
+    patch = spec.patch_size or preset["patch_size"]
     size = cfg.dataset.image_size
     if size < 1 or (cfg.codec.autoencoder is None and size % patch):
         raise ValueError(f"dataset.image_size: {size} must be a positive multiple of the patch size {patch} "
