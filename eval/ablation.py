@@ -24,55 +24,62 @@ from eval.report import write_result
 # name -> (what changes, the flags beside COMMON_FLAGS). "today" is the design shipped before this study.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "today": ("tiny preset as shipped: 8x8 patches (193 tokens/frame), frames predicted whole, 3 memory frames, batch 8",
-              ["--model.patch_size=8", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=false", "--model.condition_on_state=false",
+              ["--model.patch_size=8", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=false", "--model.condition_on_state=false", "--model.deterministic_state=false",
                "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
     "residual": ("today + predict the change from the last clean frame (latents and state)",
                  ["--model.patch_size=8", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true", "--model.condition_on_state=false",
-                  "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
+                  "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
     "residual_p16": ("residual + 16x16 pixel patches (49 tokens/frame), batch 16",
                      ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true", "--model.condition_on_state=false",
-                      "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
+                      "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
     "residual_p16_nomem": ("residual_p16 without memory frames in training (sink and pose memory never seen)",
                            ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
                             "--model.condition_on_state=false", "--dataset.memory_frames=0", "--train.batch_size=16",
-                            "--diffusion.noisy_anchor=false"]),
+                            "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
     "residual_p16_state": ("residual_p16 + each frame's adaLN conditioned on its anchor's state (hand, object)",
                            ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
-                            "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
+                            "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
     "residual_p16_state_noisy_anchor": (
         "residual_p16_state, future frames anchored on the context frame as the network sees it (history "
         "noise up to t=0.3 in half the clips), so the change also corrects a corrupted anchor",
         ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
-         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true"]),
+         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--model.deterministic_state=false"]),
     "residual_p16_state_noisy_anchor_lr3e-4": (
         "residual_p16_state_noisy_anchor with lr 3e-4 instead of 1e-3 (a residual model starts near a good "
         "solution, where Adam's normalised steps of size lr are mostly noise)",
         ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
-         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4"]),
+         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4", "--model.deterministic_state=false"]),
     "first_frame_residual": (
         "residual_p16_state_noisy_anchor, but pictures are the rollout's first frame plus a change (its patches "
         "added to every token); only the state is anchored on the newest frame, so generated pictures never compound",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
-         "--diffusion.noisy_anchor=true"]),
+         "--diffusion.noisy_anchor=true", "--model.deterministic_state=false"]),
     "first_frame_residual_clean_anchor": (
         "first_frame_residual with the state anchored on the clean context state (a noisy anchor state puts "
         "noise into the target change that nothing in the clip can explain)",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
-         "--diffusion.noisy_anchor=false"]),
+         "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
     "first_frame_residual_clean_anchor_state_w4": (
         "first_frame_residual_clean_anchor with the state loss weighted x4 (the state is 39 numbers beside "
         "3 x 64 x 64 x 3 pixels, and most of its dimensions never change)",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
-         "--diffusion.noisy_anchor=false", "--diffusion.state_loss_weight=4.0"]),
+         "--diffusion.noisy_anchor=false", "--diffusion.state_loss_weight=4.0", "--model.deterministic_state=false"]),
     "first_frame_residual_clean_anchor_linear_state": (
         "first_frame_residual_clean_anchor + a linear path from the actions summed since the anchor to the "
         "state change (zero at init), beside the transformer",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
-         "--train.batch_size=16", "--diffusion.noisy_anchor=false"]),
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+    "deterministic_state": (
+        "first_frame_residual_clean_anchor_linear_state with the state regressed instead of sampled: frames being "
+        "denoised read their anchor's clean state, never a noisy one, and the state loss is its plain squared error "
+        "(each frame's state is the conditional mean, so no sampling noise is summed over a rollout)",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=true"]),
 }
 
 
@@ -86,6 +93,9 @@ class AblationConfig:
     episodes: int = 4  # held-out tours scored
     horizons_s: list[float] = field(default_factory=lambda: [1.0, 5.0])
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    # Sampler variants each model is scored with (eval.fidelity --variants); no_state_range shows what holding
+    # the state inside the training range does.
+    fidelity_variants: list[str] = field(default_factory=lambda: ["full", "one_step"])
     lr: float = 1e-3
     run: str = "cpu"
     work_dir: str = "outputs/ablation"
@@ -105,7 +115,7 @@ def train_command(cfg: AblationConfig, name: str) -> list[str]:
 def fidelity_command(cfg: AblationConfig, name: str) -> list[str]:
     return [sys.executable, "-m", "eval.fidelity", f"--model={cfg.work_dir}/train/{name}/model",
             f"--dataset.root={cfg.long_root}", f"--dataset.repo_id={cfg.long_repo_id}", f"--episodes={cfg.episodes}",
-            f"--horizons_s={json.dumps(cfg.horizons_s)}", "--variants=[full,one_step]",
+            f"--horizons_s={json.dumps(cfg.horizons_s)}", f"--variants=[{','.join(cfg.fidelity_variants)}]",
             f"--baseline_dataset.root={cfg.dataset_root}", f"--baseline_dataset.repo_id={cfg.repo_id}",
             f"--run=ablation_{cfg.run}_{name}", f"--results_dir={cfg.work_dir}/fidelity",
             f"--output_dir={cfg.work_dir}/fidelity"]
@@ -157,8 +167,9 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
     for name, r in results["variants"].items():
         lines.append(row(name, str(r["train"]["steps"]), f"{r['train']['clips_per_s']:.1f}",
                          r["fidelity"]["variants"]["full"]))
-        if "one_step" in r["fidelity"]["variants"]:
-            lines.append(row(f"{name}, 1 sampling step", "", "", r["fidelity"]["variants"]["one_step"]))
+        for sampler, label in (("one_step", "1 sampling step"), ("no_state_range", "state not held in its range")):
+            if sampler in r["fidelity"]["variants"]:
+                lines.append(row(f"{name}, {label}", "", "", r["fidelity"]["variants"][sampler]))
         baselines = r["fidelity"]["variants"]
     for name in ("copy_first", "state_ridge", "state_kinematic"):
         if baselines and name in baselines:

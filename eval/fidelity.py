@@ -14,6 +14,7 @@ In one run, with the same episodes and noise seed, these sampler variants:
     chunk       chunk-autoregressive (Self Forcing style) instead of rolling, everything else as full
     one_step    (optional) one denoising step per frame: the network's clean-frame estimate from pure
                 noise, i.e. its conditional mean (blurrier where the future is uncertain, no sampling noise)
+    no_state_range  (optional) the full sampler without holding the state inside the training set's range
     copy_first  not a model: the first real frame repeated (what a model that draws nothing new scores)
     state_ridge      not a model of pixels: ridge regression of the state change over one frame on (state,
                      the frame's actions), fitted on the training set (`baseline_dataset`), rolled out open loop
@@ -86,7 +87,10 @@ def variant_sampler(base: SamplerConfig, name: str) -> SamplerConfig:
         return replace(base, rolling=False)
     if name == "one_step":
         return replace(base, steps=1, window=1)
-    raise ValueError(f"variants: unknown {name!r}; expected full, no_memory, no_sinks, chunk or one_step")
+    if name == "no_state_range":
+        return replace(base, clip_state_to_training_range=False)
+    raise ValueError(f"variants: unknown {name!r}; expected full, no_memory, no_sinks, chunk, one_step or "
+                     "no_state_range")
 
 
 def copy_first_frame(clips: ClipDataset, positions: list[int], horizon: int, stride: int) -> dict:

@@ -32,7 +32,7 @@ def test_context_frames_are_clean_or_lightly_noised_and_left_out_of_the_loss():
     assert abs(np.corrcoef(t[:, -1], t[:, -2])[0, 1]) < 0.1
 
 
-PLAIN = dict(patch_size=8, predict_residual=False, condition_on_state=False,  # whole frames, 8x8 patches
+PLAIN = dict(patch_size=8, predict_residual=False, condition_on_state=False, deterministic_state=False,  # whole frames
              residual_from_first_frame=False, linear_state_dynamics=False)
 RESIDUAL = dict(patch_size=8, predict_residual=True, condition_on_state=True,  # change from the newest frame
                 residual_from_first_frame=False, linear_state_dynamics=False)
@@ -186,3 +186,19 @@ def test_first_frame_residual_models_anchor_pictures_on_the_first_frame_and_need
         x, s = sample_full_sequence(model, latents[:, :2], state[:, :2], actions[:, :4], num_steps=2)
     torch.testing.assert_close(x, latents[:, :1].expand_as(x), rtol=0, atol=0)
     torch.testing.assert_close(s, state[:, 1:2].expand_as(s), rtol=0, atol=1e-5)
+
+
+def test_a_deterministic_state_is_trained_by_its_plain_squared_error():
+    """The state loss of deterministic_state does not depend on the frame's noise level: an untrained model
+    predicts the anchor's state, and its state loss is exactly the squared change from the anchor."""
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
+                                    residual_from_first_frame=False, linear_state_dynamics=False,
+                                    deterministic_state=True),
+                       num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+    model, fm = make_model(cfg), FlowMatching(DiffusionConfig())
+    latents, actions = torch.zeros(3, 2, 1, 3, 8, 8), torch.randn(3, 2, 2, 4)
+    state = torch.randn(3, 2, 39)  # frame 0 is the (always clean) context, frame 1 is predicted
+    expected = (state[:, 1] - state[:, 0]).pow(2).mean()
+    for seed in range(3):  # other noise levels, same state loss
+        _, parts = fm.loss(model, latents, state, actions, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(parts["state_loss"], expected)

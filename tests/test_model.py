@@ -14,7 +14,7 @@ def random_model(seed=0) -> VideoDiT:
     depend on it, and residual / state-conditioned models are checked with their anchors further down."""
     torch.manual_seed(seed)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=False,
-                                    residual_from_first_frame=False, linear_state_dynamics=False,
+                                    residual_from_first_frame=False, linear_state_dynamics=False, deterministic_state=False,
                                     condition_on_state=False), num_views=V, latent_size=SIZE,
                        image_size=SIZE, frame_stride=STRIDE, state_dim=S, action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
@@ -152,8 +152,10 @@ def test_bad_inputs_name_the_field():
 
 def residual_model(condition_on_state: bool, perturb: float) -> VideoDiT:
     torch.manual_seed(0)
+    # (a sampled state: with deterministic_state the state token reads the anchor state too, checked below)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, predict_residual=True,
-                                    condition_on_state=condition_on_state, linear_state_dynamics=False),
+                                    condition_on_state=condition_on_state, linear_state_dynamics=False,
+                                    deterministic_state=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
                        action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
@@ -231,3 +233,36 @@ def test_a_folder_of_the_wrong_kind_is_named(tmp_path):
     with pytest.raises(ValueError, match="holds a success judge"):
         VideoDiT.from_pretrained(tmp_path / "judge")
     assert isinstance(VideoDiT.from_pretrained(tmp_path / "world"), VideoDiT)
+
+
+@torch.no_grad()
+def test_a_deterministic_state_reads_the_anchor_state_never_the_noisy_one():
+    """deterministic_state: a frame being denoised is given its anchor's clean state, so the noise drawn for
+    the state cannot reach any prediction; clean frames still read their own state."""
+    torch.manual_seed(0)
+    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, linear_state_dynamics=False,
+                                    residual_from_first_frame=False, deterministic_state=True),
+                       num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
+                       action_dim=A, camera_keys=["a", "b"])
+    model = make_model(cfg).eval()
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+    x = inputs()
+    anchor = {"latents": torch.randn(B, T, V, 3, SIZE, SIZE), "state": torch.randn(B, T, S)}
+    base = model(**x, anchor=anchor)
+    other_noise = model(**{**x, "state": torch.randn(B, T, S) * 5}, anchor=anchor)
+    torch.testing.assert_close(other_noise["state"], base["state"], rtol=0, atol=0)
+    torch.testing.assert_close(other_noise["latents"], base["latents"], rtol=0, atol=0)
+    moved = {**anchor, "state": anchor["state"] + 0.5}
+    assert (model(**x, anchor=moved)["state"] - moved["state"] - (base["state"] - anchor["state"])).abs().mean() > 1e-3
+    clean = {**x, "noise_level": torch.zeros(B, T)}
+    assert (model(**clean)["state"] - model(**{**clean, "state": x["state"] + 1})["state"]).abs().mean() > 1e-3
+    # A sampled-state model does read the noisy state.
+    sampled = make_model(build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16,
+                                                   residual_from_first_frame=False, linear_state_dynamics=False,
+                                                   deterministic_state=False),
+                                      num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE,
+                                      state_dim=S, action_dim=A, camera_keys=["a", "b"])).eval()
+    sampled.load_state_dict(model.state_dict())
+    changed = sampled(**{**x, "state": torch.randn(B, T, S) * 5}, anchor=anchor)["state"]
+    assert (changed - sampled(**x, anchor=anchor)["state"]).abs().mean() > 1e-3

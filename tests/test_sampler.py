@@ -207,3 +207,22 @@ def test_finished_frames_stay_pictures_and_states_stay_bounded():
     latents, state = run(sampler, 8)
     assert latents.max() <= 1.0 and latents[:, -1].min() == 1.0  # saturated white, not 4.0
     assert state.abs().max() <= 6.0 + 1e-5  # (the test model's state statistics are 0 +- 1)
+
+
+def test_finished_states_stay_inside_the_training_range():
+    """With the training set's range stored in the model, a drifting state is held at its edge (the hand at the
+    end of the workspace it was recorded in); without it, only the loose std clip applies."""
+    model = residual_model(condition_on_state=False, perturb=0.0)
+    with torch.no_grad():
+        model.out_state.bias.fill_(1.0)  # +1 standard deviation per frame: drifts off
+    model.cfg.state_min, model.cfg.state_max = [-0.5] * 39, [0.5 + 0.01 * i for i in range(39)]
+    try:
+        _, bounded = run(start(model, SamplerConfig(steps=2, window=1, rolling=False, recent_frames=4)), 8)
+        _, loose = run(start(model, SamplerConfig(steps=2, window=1, rolling=False, recent_frames=4,
+                                                  clip_state_to_training_range=False)), 8)
+    finally:
+        model.cfg.state_min = model.cfg.state_max = None
+    high = torch.tensor([0.5 + 0.01 * i for i in range(39)])
+    assert (bounded <= high + 1e-6).all() and (bounded >= -0.5 - 1e-6).all()
+    torch.testing.assert_close(bounded[:, -1], high.expand(B, 39))  # pushed up against the edge
+    assert loose[:, -1].min() > 1.0

@@ -88,13 +88,17 @@ def resolve_camera_keys(camera_keys: list[str], available: list[str]) -> list[st
 
 
 def normalization_stats(meta, action_key: str, state_key: str) -> dict[str, list[float]]:
-    """Mean/std of actions and states from the dataset's own stats.json (std floored to avoid /0)."""
+    """Mean/std of actions and states from the dataset's own stats.json (std floored to avoid /0), and the
+    state's range (min/max per dimension: where the hand and the objects can physically be)."""
     stats = {}
     for name, key in (("action", action_key), ("state", state_key)):
         mean = np.asarray(meta.stats[key]["mean"], dtype=np.float64).reshape(-1)
         std = np.asarray(meta.stats[key]["std"], dtype=np.float64).reshape(-1)
         stats[f"{name}_mean"] = mean.tolist()
         stats[f"{name}_std"] = np.maximum(std, 1e-3).tolist()
+    for bound in ("min", "max"):
+        if bound in meta.stats[state_key]:
+            stats[f"state_{bound}"] = np.asarray(meta.stats[state_key][bound], dtype=np.float64).reshape(-1).tolist()
     return stats
 
 

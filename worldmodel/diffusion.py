@@ -148,8 +148,11 @@ class FlowMatching:
         weight = in_loss.float()
         latent_err = (velocity(noisy_latents, out["latents"].float(), t, min_t)
                       - velocity(noisy_latents, latents, t, min_t)).pow(2).mean(dim=(2, 3, 4, 5))  # (B, T)
-        state_err = (velocity(noisy_state, out["state"].float(), t, min_t)
-                     - velocity(noisy_state, state0, t, min_t)).pow(2).mean(dim=2)  # (B, T)
+        if mc.deterministic_state:  # regressed: the plain error of the state, whatever the frame's noise level
+            state_err = (out["state"].float() - state0).pow(2).mean(dim=2)  # (B, T)
+        else:
+            state_err = (velocity(noisy_state, out["state"].float(), t, min_t)
+                         - velocity(noisy_state, state0, t, min_t)).pow(2).mean(dim=2)  # (B, T)
         denom = weight.sum().clamp(min=1)
         latent_loss = (latent_err * weight).sum() / denom
         state_loss = (state_err * weight).sum() / denom

@@ -57,6 +57,12 @@ class VideoDiTConfig:
     # position control moves the hand nearly linearly in the actions, which a transformer reads only slowly
     # through adaLN; the network adds the rest (contacts, the object). Needs predict_residual.
     linear_state_dynamics: bool = False
+    # The state is regressed, not sampled: a frame being denoised sees its anchor's clean state in the state
+    # token (never a noisy one) and the loss is the plain squared error of its predicted state, so every frame's
+    # state is the model's conditional mean given the anchor, the actions and the picture being drawn. A sampled
+    # state adds fresh noise at every frame and an open-loop rollout sums it (eval/results/ablation_cpu.md: the
+    # hand wandered tens of cm in 5 s with 4 sampling steps, far less with 1). Needs predict_residual.
+    deterministic_state: bool = False
     # On CUDA, block-causal attention runs through FlexAttention (compiled; skips fully masked blocks)
     # instead of SDPA with a dense boolean mask.
     flex_attention_on_cuda: bool = True
@@ -85,6 +91,9 @@ class VideoDiTConfig:
     action_std: list[float] | None = None
     state_mean: list[float] | None = None
     state_std: list[float] | None = None
+    # The state's range in the training set (per dimension): the sampler keeps predicted states inside it.
+    state_min: list[float] | None = None
+    state_max: list[float] | None = None
     codec: dict = field(default_factory=lambda: {"type": "pixel", "image_size": 64})
 
     @property
@@ -106,7 +115,8 @@ class VideoDiTConfig:
 # linear path from the actions since it), and reads the anchor's state (eval/results/ablation_cpu.md).
 # With pixel patches a token must be about as wide as the patch it carries (16x16x3 = 768 numbers for
 # `tiny`): with x-prediction a narrower token still learns, but slower.
-DESIGN = dict(predict_residual=True, condition_on_state=True, residual_from_first_frame=True, linear_state_dynamics=True)
+DESIGN = dict(predict_residual=True, condition_on_state=True, residual_from_first_frame=True, linear_state_dynamics=True,
+              deterministic_state=True)
 
 
 def tiny() -> dict:  # the CPU design (3 views x 16 patches of 16x16 px + a state token per frame), tests, laptops
@@ -287,6 +297,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if cfg.linear_state_dynamics:
             if not cfg.predict_residual:
                 raise ValueError("linear_state_dynamics: needs predict_residual=True")
+        if cfg.deterministic_state and not cfg.predict_residual:
+            raise ValueError("deterministic_state: needs predict_residual=True (the state token reads the anchor state)")
+        if cfg.linear_state_dynamics:
             self.actions_to_state = nn.Linear(cfg.action_dim, cfg.state_dim)
 
         self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta) for _ in range(cfg.depth)])
@@ -491,7 +504,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
             camera_pose = x.new_zeros(B, T, V, cfg.camera_pose_dim)
         x = x + self.camera_pose_embed(camera_pose.reshape(B, T, V, -1))[:, :, :, None]
         x = x.reshape(B, T, V * N, -1)
-        state_tok = (self.state_embed(state) + self.state_token)[:, :, None]  # (B, T, 1, D)
+        state_in = anchor_state if cfg.deterministic_state else state  # a regressed state never reads noise
+        state_tok = (self.state_embed(state_in) + self.state_token)[:, :, None]  # (B, T, 1, D)
         x = torch.cat([x, state_tok], dim=2)  # (B, T, L, D)
 
         c = self.frame_conditioning(noise_level, actions, actions_is_pad, action_mask, anchor_state)  # (B, T, D)

@@ -47,6 +47,11 @@ class SamplerConfig:
     # A finished frame's state is kept within this many standard deviations of the training data's (None:
     # unbounded), so a drifting open-loop rollout cannot run off to absurd states.
     state_clip_std: float | None = 6.0
+    # ... and inside the range every state dimension had in the training set, when the model carries it
+    # (VideoDiTConfig.state_min/max): the hand stays in the workspace it was recorded in, the object on the
+    # table. Dead reckoning needs the same bound to stay near the real hand (eval/fidelity.py), and a state
+    # outside anything seen in training would condition the next frame on a situation the model never learned.
+    clip_state_to_training_range: bool = True
     # (A, P): pose change per env action, for the memory query "where will the arm be". MetaWorld moves
     # the hand by action[:3] / 100 per step. None: the model's own (fitted on its training set, stored in
     # its config), else query with the current pose.
@@ -66,6 +71,10 @@ class StreamingSampler:
         self.device = device or next(model.parameters()).device
         self.B = batch_size
         mc = model.cfg
+        self.state_low = self.state_high = None  # raw state bounds of finished frames (B-broadcast)
+        if cfg.clip_state_to_training_range and mc.state_min is not None and mc.state_max is not None:
+            self.state_low = torch.tensor(mc.state_min, dtype=torch.float32, device=self.device)
+            self.state_high = torch.tensor(mc.state_max, dtype=torch.float32, device=self.device)
         self.L = mc.tokens_per_frame
         self.latent_shape = (mc.num_views, mc.latent_channels, mc.latent_size, mc.latent_size)
         self.pose_indices = list(mc.pose_indices)
@@ -218,12 +227,16 @@ class StreamingSampler:
     def _final(self, x, s):
         """A denoised frame becomes final. Pixel latents are pictures: they are clamped to the range the
         codec shows ([-1, 1]), so a rollout continues from exactly the picture the user sees (a residual
-        model adds its change to it); the state is clipped to `state_clip_std`. -> latents, raw state."""
+        model adds its change to it); the state is clipped to `state_clip_std` and to the training range.
+        -> latents, raw state."""
         if self.model.cfg.codec.get("type") == "pixel":
             x = x.clamp(-1.0, 1.0)
         if self.config.state_clip_std is not None:
             s = s.clamp(-self.config.state_clip_std, self.config.state_clip_std)
-        return x, self.model.denormalize_state(s)
+        s = self.model.denormalize_state(s)
+        if self.state_low is not None:
+            s = torch.maximum(torch.minimum(s, self.state_high), self.state_low)
+        return x, s
 
     def _predict(self, x, s, t, actions, context):
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1."""

@@ -48,6 +48,7 @@ class ModelSpec:
     condition_on_state: bool | None = None
     residual_from_first_frame: bool | None = None
     linear_state_dynamics: bool | None = None
+    deterministic_state: bool | None = None
 
 
 @dataclass
@@ -183,7 +184,7 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
     sizes = dict(hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads, patch_size=spec.patch_size,
                  predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state,
                  residual_from_first_frame=spec.residual_from_first_frame,
-                 linear_state_dynamics=spec.linear_state_dynamics)
+                 linear_state_dynamics=spec.linear_state_dynamics, deterministic_state=spec.deterministic_state)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
