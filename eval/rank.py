@@ -80,13 +80,15 @@ def judge_frames(observations: list[dict], keys: list[str], k: int):
 
 
 def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool):
-    """One real episode; observations kept every `stride` steps (what the world model would draw)."""
+    """One real episode; observations kept every `stride` steps (what the world model would draw). The
+    family's policies read the state, so the cameras are rendered only for the kept steps."""
     obs, _ = env.reset(seed=seed)
     policy.reset(seed=seed)
     initial, kept, info = obs, [obs], {"is_success": False}
     reward_sum, reward_max = 0.0, -np.inf
     for t in range(steps):
-        obs, reward, _, _, info = env.step(policy.select_action(obs)[0])
+        step = env.step if (t + 1) % stride == 0 else env.step_state_only
+        obs, reward, _, _, info = step(policy.select_action(obs)[0])
         reward_sum, reward_max = reward_sum + reward, max(reward_max, reward)
         if (t + 1) % stride == 0:
             kept.append(obs)

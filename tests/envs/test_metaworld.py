@@ -71,3 +71,20 @@ def test_bad_input_errors(env):
         env.step(np.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
         env.step(np.array([0, np.nan, 0, 0]))
+
+
+def test_stepping_without_rendering_changes_nothing_but_the_pictures_returned(env):
+    """eval.rank steps state policies without rendering between kept frames: the same physics, and the frame
+    rendered after them is the one a fully rendered rollout shows."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (6, 4)).astype(np.float32)
+    env.reset(seed=3)
+    rendered = [env.step(a) for a in actions]
+    env.reset(seed=3)
+    quiet = [env.step_state_only(a) for a in actions[:-1]] + [env.step(actions[-1])]
+    assert set(quiet[0][0]) == {"observation.state"}
+    for (obs_a, reward_a, *_), (obs_b, reward_b, *_) in zip(rendered, quiet):
+        np.testing.assert_array_equal(obs_a["observation.state"], obs_b["observation.state"])
+        assert reward_a == reward_b
+    for key in rendered[-1][0]:
+        np.testing.assert_array_equal(rendered[-1][0][key], quiet[-1][0][key])
+    assert not np.array_equal(rendered[0][0]["observation.state"], rendered[-1][0]["observation.state"])

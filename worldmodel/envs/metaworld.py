@@ -123,6 +123,17 @@ class MetaWorldMultiViewEnv(gym.Env):
         return self._observation(state), {"is_success": False}
 
     def step(self, action):
+        state, reward, truncated, info = self._advance(action)
+        return self._observation(state), reward, False, truncated, info
+
+    def step_state_only(self, action):
+        """`step` without rendering the cameras: the observation holds only `observation.state`. Rendering is
+        most of a step's cost, and a rollout of a state policy that keeps a frame only every few steps
+        (eval.rank) needs no picture in between; the physics, and every later rendered frame, are the same."""
+        state, reward, truncated, info = self._advance(action)
+        return {"observation.state": state.astype(np.float32)}, reward, False, truncated, info
+
+    def _advance(self, action):
         action = np.asarray(action, dtype=np.float32)
         if action.shape != (4,):
             raise ValueError(f"action: expected shape (4,), got {action.shape}")
@@ -132,7 +143,7 @@ class MetaWorldMultiViewEnv(gym.Env):
         self._steps += 1
         truncated = self._steps >= self.config.max_episode_steps
         info = {"is_success": bool(info["success"]), **{k: v for k, v in info.items() if k != "success"}}
-        return self._observation(state), float(reward), False, truncated, info
+        return state, float(reward), truncated, info
 
     def render(self):
         return np.concatenate([self._render_camera(i) for i in range(len(self._camera_ids))], axis=1)
