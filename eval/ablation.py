@@ -83,6 +83,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+SAMPLER_VARIANTS = {"one_step": "with 1 step per frame (the network's conditional-mean estimate)",
+                    "no_state_range": "without holding the state inside its training range"}
+
+
 @dataclass
 class AblationConfig:
     dataset_root: str = "outputs/datasets/metaworld_push"
@@ -149,9 +153,10 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
              f"`{cfg.dataset_root}` (2 episodes held out), then replayed open loop on the first {cfg.episodes} "
              f"held-out tours of `{cfg.long_root}` (full streaming sampler). PSNR/SSIM are means over the views; "
              "hand and object errors are in cm. Baselines in the same run: copy the first frame, and two "
-             "state-only models (ridge regression, dead reckoning). Each model is scored twice: with the default "
-             "sampler (4 denoising steps per frame, rolling window 4, sink, 4 recent frames, pose memory k=2) and "
-             "with 1 step per frame (the network's conditional-mean estimate).", "",
+             "state-only models (ridge regression, dead reckoning). Each model is scored with the default "
+             "sampler (4 denoising steps per frame, rolling window 4, sink, 4 recent frames, pose memory k=2) and, "
+             "in the same run, " + "; ".join(SAMPLER_VARIANTS.get(v, v) for v in cfg.fidelity_variants if v != "full")
+             + ".", "",
              f"| variant | steps | clips/s | {head} |", "| --- | ---: | ---: |" + " ---: |" * (4 * len(hs))]
 
     def row(name: str, steps: str, rate: str, v: dict) -> str:
@@ -180,7 +185,8 @@ def write_results(cfg: AblationConfig, results: dict) -> None:
     for name, r in results["variants"].items():
         lines += [f"- {name}:", f"  `{r['commands'][0]}`", f"  `{r['commands'][1]}`"]
     lines += ["", f"All variants: `python -m eval.ablation --minutes={cfg.minutes:g} --episodes={cfg.episodes} "
-              f"--run={cfg.run} --variants='[{','.join(cfg.variants)}]'` ({results['seconds']:.0f} s of this "
+              f"--run={cfg.run} --variants='[{','.join(cfg.variants)}]' --fidelity_variants='[{','.join(cfg.fidelity_variants)}]' "
+              f"--dataset_root={cfg.dataset_root} --long_root={cfg.long_root} --work_dir={cfg.work_dir}` ({results['seconds']:.0f} s of this "
               f"invocation, {results['device']}; variants already scored are read back, not rerun)."]
     reading = out / f"ablation_{cfg.run}_reading.md"  # what a person concluded, kept across regenerations
     if reading.exists():
