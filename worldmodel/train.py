@@ -228,25 +228,54 @@ def validate(model: VideoDiT, codec, clips: ClipDataset, n_clips: int, num_steps
 
 
 # ---------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> Path:
-    import cv2
+@dataclass
+class Run:
+    """Everything one training run holds, built by `start_run`; the loop in `train` reads like nanoGPT's."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: object
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped on several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: torch.utils.data.DataLoader
+    ema: object  # diffusers EMAModel of the parameters
+    noise: GeneratorState  # diffusion noise, its own checkpointed stream per process
+    codec: torch.nn.Module
+    val_clips: ClipDataset | None
+    resolved: dict  # the resolved config written beside every checkpoint
+    step: int = 0
+    wall_before: float = 0.0  # training seconds of earlier runs of this output_dir
+    started: float = field(default_factory=time.time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def unwrapped(self) -> VideoDiT:
+        return self.accelerator.unwrap_model(self.model)
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+
+def start_run(cfg: TrainConfig) -> Run:
+    """Accelerator, checks, data, codec, model, optimizer and EMA; resumed from the newest readable
+    checkpoint with --resume=true."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    out = Path(cfg.output_dir)
-    ckpt_root = out / "checkpoints"
-    loop = cfg.train
-    mixed_precision = mixed_precision_mode(loop.mixed_precision)
+    out, loop = Path(cfg.output_dir), cfg.train
     # The one Accelerator: devices, processes, mixed precision, data sharding, checkpoint state, trackers.
     accelerator = Accelerator(
-        mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(out / "logs"),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        mixed_precision=mixed_precision_mode(loop.mixed_precision), log_with="tensorboard",
+        project_dir=str(out / "logs"), dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    is_main = accelerator.is_main_process
-    latest_file = ckpt_root / "latest"
-    if is_main and not cfg.resume and latest_file.exists():
+    latest_file = out / "checkpoints" / "latest"
+    if accelerator.is_main_process and not cfg.resume and latest_file.exists():
         raise FileExistsError(f"output_dir: {out} already holds checkpoints; pass --resume=true to continue "
                               "or choose another --output_dir")
     set_seed(loop.seed)
@@ -266,7 +295,7 @@ def train(cfg: TrainConfig) -> Path:
     model = make_model(model_config)
     resolved = {"train": asdict(cfg), "model": asdict(model_config),
                 "episodes": {"train": train_episodes, "val": val_episodes}}
-    if is_main:
+    if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "train_config.json", resolved)
 
@@ -284,152 +313,179 @@ def train(cfg: TrainConfig) -> Path:
     # RNG is also drawn by DataLoader iterators, whose creation points differ after a mid-epoch resume.
     noise = GeneratorState(loop.seed * 1000 + accelerator.process_index, accelerator.device)
     accelerator.register_for_checkpointing(ema, noise)
-    diffusion = FlowMatching(cfg.diffusion)
-    unwrapped = accelerator.unwrap_model(model)
-
-    step, wall_before = 0, 0.0  # wall_before: training seconds of earlier runs of this output_dir
+    run = Run(cfg, out, accelerator, model, optimizer, scheduler, loader, ema, noise, codec, val_clips, resolved)
     if cfg.resume and latest_file.exists():
-        step, wall_before = resume_from_checkpoint(accelerator, ckpt_root)
-        if is_main:
-            drop_metrics_after(out / "metrics.jsonl", step)
+        run.step, run.wall_before = resume_from_checkpoint(accelerator, latest_file.parent)
+        if run.is_main:
+            drop_metrics_after(out / "metrics.jsonl", run.step)
+    return run
 
-    def wall_seconds() -> float:
-        return wall_before + time.time() - started
 
-    def save_ema_model(directory: Path) -> None:
-        unwrapped = accelerator.unwrap_model(model)
-        ema.store(unwrapped.parameters())
-        ema.copy_to(unwrapped.parameters())
-        unwrapped.save_pretrained(directory, safe_serialization=True)
-        ema.restore(unwrapped.parameters())
-        codec.save_into(directory)  # an autoencoder travels with the folder: it opens wherever it is moved
-        write_json_atomic(directory / "train_config.json", resolved)
+def batches(run: Run):
+    """Batches from exactly where `run.step` left off: same epoch order, same position."""
+    epoch, skip = divmod(run.step, len(run.loader))
+    while True:
+        run.loader.set_epoch(epoch)
+        for batch in (run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader):
+            yield batch
+        epoch, skip = epoch + 1, 0
 
-    def checkpoint() -> None:
-        name = f"step_{step:06d}"
-        tmp = ckpt_root / f"{name}.tmp"
-        if is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if is_main:
-            save_ema_model(tmp / "model")
-            write_json_atomic(tmp / "train_config.json", resolved)
-            write_json_atomic(tmp / "trainer_state.json", {"step": step, "wall_seconds": wall_seconds()})
-            shutil.rmtree(ckpt_root / name, ignore_errors=True)
-            os.replace(tmp, ckpt_root / name)
-            (ckpt_root / "latest.tmp").write_text(name)
-            os.replace(ckpt_root / "latest.tmp", latest_file)
-            complete = sorted(p for p in ckpt_root.glob("step_*") if not p.name.endswith(".tmp"))
-            for old in complete[:-loop.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
-    def run_validation() -> dict:
-        if val_clips is None or not is_main:
-            return {}
-        unwrapped = accelerator.unwrap_model(model)
-        ema.store(unwrapped.parameters())
-        ema.copy_to(unwrapped.parameters())
-        unwrapped.eval()
-        metrics, grid = validate(unwrapped, codec, val_clips, loop.val_clips, loop.val_sampling_steps,
-                                 accelerator.device)
-        unwrapped.train()
-        ema.restore(unwrapped.parameters())
-        (out / "samples").mkdir(exist_ok=True)
-        cv2.imwrite(str(out / "samples" / f"step_{step:06d}.png"), grid[..., ::-1])
-        return metrics
+def training_step(run: Run, batch: dict, diffusion: FlowMatching) -> dict:
+    """One optimiser step on a batch (loss, backward, clipped gradients, EMA). -> the loss terms."""
+    accelerator, unwrapped = run.accelerator, run.unwrapped
+    with accelerator.autocast():
+        latents = batch["latents"] if "latents" in batch else run.codec.encode(batch["images"])
+        state = unwrapped.normalize_state(batch["state"])
+        memory = None
+        if "memory_images" in batch:
+            memory = {"latents": batch["memory_latents"] if "memory_latents" in batch
+                      else run.codec.encode(batch["memory_images"]),
+                      "state": unwrapped.normalize_state(batch["memory_state"]),
+                      "frame_pos": batch["memory_offset"].clamp(min=-unwrapped.cfg.max_offset),
+                      "valid": batch["memory_valid"]}
+        loss, logs = diffusion.loss(run.model, latents, state, batch["actions"], batch["actions_is_pad"],
+                                    run.noise.generator, memory)
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.ema.step(unwrapped.parameters())
+    run.step += 1
+    return logs
 
-    if is_main:
-        accelerator.init_trackers("worldmodel")
-    steps_per_epoch = len(loader)
 
-    def batches(start_step: int):
-        """Batches from exactly where `start_step` left off: same epoch order, same position."""
-        epoch, skip = divmod(start_step, steps_per_epoch)
-        while True:
-            loader.set_epoch(epoch)
-            for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
-                yield batch
-            epoch, skip = epoch + 1, 0
+def save_ema_model(run: Run, directory: Path) -> None:
+    """The EMA weights as a model folder (the training weights are put back afterwards)."""
+    unwrapped = run.unwrapped
+    run.ema.store(unwrapped.parameters())
+    run.ema.copy_to(unwrapped.parameters())
+    unwrapped.save_pretrained(directory, safe_serialization=True)
+    run.ema.restore(unwrapped.parameters())
+    run.codec.save_into(directory)  # an autoencoder travels with the folder: it opens wherever it is moved
+    write_json_atomic(directory / "train_config.json", run.resolved)
 
-    model.train()
-    progress = tqdm(total=loop.steps, initial=step, desc="training", disable=not is_main, unit="step")
-    metrics_file = out / "metrics.jsonl"
-    started, start_step, clips_seen = time.time(), step, 0
-    data = batches(step)
-    out_of_time = False
-    while step < loop.steps and not out_of_time:
-        batch = next(data)
-        with accelerator.autocast():
-            latents = batch["latents"] if "latents" in batch else codec.encode(batch["images"])
-            state = unwrapped.normalize_state(batch["state"])
-            memory = None
-            if "memory_images" in batch:
-                memory = {"latents": batch["memory_latents"] if "memory_latents" in batch
-                          else codec.encode(batch["memory_images"]),
-                          "state": unwrapped.normalize_state(batch["memory_state"]),
-                          "frame_pos": batch["memory_offset"].clamp(min=-unwrapped.cfg.max_offset),
-                          "valid": batch["memory_valid"]}
-            loss, logs = diffusion.loss(model, latents, state, batch["actions"], batch["actions_is_pad"],
-                                        noise.generator, memory)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(model.parameters(), loop.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(model).parameters())
-        step += 1
-        clips_seen += batch["images"].shape[0] * accelerator.num_processes
-        progress.update(1)
 
-        # Every process stops at the same step: the main process's clock decides.
-        if loop.max_minutes is not None:
-            over = torch.tensor(float(wall_seconds() >= 60 * loop.max_minutes), device=accelerator.device)
-            out_of_time = bool(accelerator.reduce(over, "max").item())
-        last = step == loop.steps or out_of_time
-        record = {}
-        if step % loop.log_every == 0 or last:
-            record = {k: accelerator.reduce(v, "mean").item() for k, v in logs.items()}
-            record["lr"] = scheduler.get_last_lr()[0]
-            progress.set_postfix(loss=f"{record['loss']:.4f}")
-        if step % loop.val_every == 0 or last:
-            record.update(run_validation())
-        if record and is_main:
-            accelerator.log(record, step=step)
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps({"step": step, **record}) + "\n")
-        if step % loop.checkpoint_every == 0 or last:
-            checkpoint()
-    progress.close()
-    elapsed = time.time() - started
+def save_checkpoint(run: Run) -> None:
+    """accelerate's state + the EMA model, written to a temp folder and renamed; `latest` names it."""
+    accelerator, ckpt_root = run.accelerator, run.out / "checkpoints"
+    name = f"step_{run.step:06d}"
+    tmp = ckpt_root / f"{name}.tmp"
+    if run.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if run.is_main:
+        save_ema_model(run, tmp / "model")
+        write_json_atomic(tmp / "train_config.json", run.resolved)
+        write_json_atomic(tmp / "trainer_state.json", {"step": run.step, "wall_seconds": run.wall_seconds()})
+        shutil.rmtree(ckpt_root / name, ignore_errors=True)
+        os.replace(tmp, ckpt_root / name)
+        (ckpt_root / "latest.tmp").write_text(name)
+        os.replace(ckpt_root / "latest.tmp", ckpt_root / "latest")
+        complete = sorted(p for p in ckpt_root.glob("step_*") if not p.name.endswith(".tmp"))
+        for old in complete[:-run.cfg.train.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
-    # Every process reports a checksum of its parameters: they must agree (DDP keeps replicas equal).
-    flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(model).parameters()])
+
+def run_validation(run: Run) -> dict:
+    """Held-out PSNR of the EMA model (main process only) and a picture of a clip in samples/."""
+    import cv2
+
+    if run.val_clips is None or not run.is_main:
+        return {}
+    unwrapped = run.unwrapped
+    run.ema.store(unwrapped.parameters())
+    run.ema.copy_to(unwrapped.parameters())
+    unwrapped.eval()
+    loop = run.cfg.train
+    metrics, grid = validate(unwrapped, run.codec, run.val_clips, loop.val_clips, loop.val_sampling_steps,
+                             run.accelerator.device)
+    unwrapped.train()
+    run.ema.restore(unwrapped.parameters())
+    (run.out / "samples").mkdir(exist_ok=True)
+    cv2.imwrite(str(run.out / "samples" / f"step_{run.step:06d}.png"), grid[..., ::-1])
+    return metrics
+
+
+def out_of_time(run: Run) -> bool:
+    """Past `train.max_minutes` of training time (over resumes)? Every process stops at the same step: the
+    main process's clock decides."""
+    if run.cfg.train.max_minutes is None:
+        return False
+    over = torch.tensor(float(run.wall_seconds() >= 60 * run.cfg.train.max_minutes), device=run.accelerator.device)
+    return bool(run.accelerator.reduce(over, "max").item())
+
+
+def log_metrics(run: Run, record: dict) -> None:
+    if record and run.is_main:
+        run.accelerator.log(record, step=run.step)
+        with open(run.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": run.step, **record}) + "\n")
+
+
+def write_summary(run: Run, start_step: int, clips_seen: int, elapsed: float) -> None:
+    """The final EMA model and train_summary.json. Every process reports a checksum of its parameters:
+    they must agree (DDP keeps replicas equal)."""
+    accelerator, loop = run.accelerator, run.cfg.train
+    flat = torch.cat([p.detach().float().flatten() for p in run.unwrapped.parameters()])
     position_weights = torch.arange(flat.numel(), device=flat.device) % 7919 + 1  # order-sensitive
     checksum = torch.stack([flat.sum(), (flat * position_weights).sum()])
     checksums = accelerator.gather(checksum[None].double()).cpu().tolist()
-    if is_main:
-        save_ema_model(out / "model")
-        trained = step - start_step
-        write_json_atomic(out / "train_summary.json", {
-            "steps": step, "steps_this_run": trained, "resumed_from_step": start_step,
-            "num_processes": accelerator.num_processes, "seconds": elapsed, "wall_seconds": wall_seconds(),
-            "device": accelerator.device.type if accelerator.device.type != "cpu" else f"cpu ({os.cpu_count()} cores)",
-            "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,  # this run (after a resume: its part)
-            # every step of every run over all training time (validation and checkpoints included)
-            "clips_per_s_overall": step * loop.batch_size * accelerator.num_processes / max(wall_seconds(), 1e-9),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "param_checksums_per_process": checksums,
-        })
+    if not run.is_main:
+        return
+    save_ema_model(run, run.out / "model")
+    write_json_atomic(run.out / "train_summary.json", {
+        "steps": run.step, "steps_this_run": run.step - start_step, "resumed_from_step": start_step,
+        "num_processes": accelerator.num_processes, "seconds": elapsed, "wall_seconds": run.wall_seconds(),
+        "device": accelerator.device.type if accelerator.device.type != "cpu" else f"cpu ({os.cpu_count()} cores)",
+        "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,  # this run (after a resume: its part)
+        # every step of every run over all training time (validation and checkpoints included)
+        "clips_per_s_overall": run.step * loop.batch_size * accelerator.num_processes / max(run.wall_seconds(), 1e-9),
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "param_checksums_per_process": checksums,
+    })
+
+
+def train(cfg: TrainConfig) -> Path:
+    run = start_run(cfg)
+    loop, accelerator, diffusion = cfg.train, run.accelerator, FlowMatching(cfg.diffusion)
+    if run.is_main:
+        accelerator.init_trackers("worldmodel")
+    run.model.train()
+    progress = tqdm(total=loop.steps, initial=run.step, desc="training", disable=not run.is_main, unit="step")
+    run.started, start_step, clips_seen = time.time(), run.step, 0
+    data = batches(run)
+    stop = False
+    while run.step < loop.steps and not stop:
+        batch = next(data)
+        logs = training_step(run, batch, diffusion)
+        clips_seen += batch["images"].shape[0] * accelerator.num_processes
+        progress.update(1)
+        stop = out_of_time(run)
+        last = run.step == loop.steps or stop
+        record = {}
+        if run.step % loop.log_every == 0 or last:
+            record = {k: accelerator.reduce(v, "mean").item() for k, v in logs.items()}
+            record["lr"] = run.scheduler.get_last_lr()[0]
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+        if run.step % loop.val_every == 0 or last:
+            record.update(run_validation(run))
+        log_metrics(run, record)
+        if run.step % loop.checkpoint_every == 0 or last:
+            save_checkpoint(run)
+    progress.close()
+    write_summary(run, start_step, clips_seen, time.time() - run.started)
     # Every process reaches end_training (which tears the process group down) together: with rank 0
     # still writing files, gloo's teardown sometimes hung.
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return out
+    return run.out
 
 
 def main(argv: list[str] | None = None) -> None:
