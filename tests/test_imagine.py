@@ -88,3 +88,53 @@ def test_a_lerobot_training_step_runs_on_imagined_data(tiny_world_model_dir, tin
         dataset_root=str(tmp_path / "out"), repo_id="test/imagined", budgets=[1], output_dir=str(tmp_path / "act"),
         batch_size=2, dim_model=32, chunk_size=4, device="cpu", extra_args=["--num_workers=0"]))
     assert checkpoints[0].exists()
+
+
+def run_imagine(model_dir, dataset_root, out, starts):
+    """What the hard-kill test runs in a subprocess: one committed episode at a time."""
+    cfg = config(model_dir, dataset_root, out, keep_failures=True, commit_every=1)
+    cfg.starts = starts
+    Imaginer(cfg, drift(), even_rows_succeed).run()
+
+
+def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tiny_world_model_dir, tiny_dataset_root,
+                                                                           tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_imagine; "
+              f"test_imagine.run_imagine({str(tiny_world_model_dir)!r}, {str(tiny_dataset_root)!r}, {str(out)!r}, 3)")
+
+    def committed() -> int:
+        try:
+            return json.loads((out / "meta" / "info.json").read_text())["total_episodes"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while committed() < 1:
+        assert proc.poll() is None, "imagine exited before its first commit"
+        assert time.time() < deadline, "no commit in time"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.0))  # inside a later episode or commit
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    survived = LeRobotDataset("test/imagined", root=out)  # lerobot opens what the kill left
+    n = survived.meta.total_episodes
+    ledger = json.loads((out / "meta" / "imagined.json").read_text())
+    assert n >= 1 and sorted(j["episode_index"] for j in ledger["jobs"].values()) == list(range(n))
+    assert len(survived) == 8 * n and survived[len(survived) - 1]["action"].shape == (4,)  # whole, decodable
+    subprocess.run([sys.executable, "-c", script], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=300)
+    finished = LeRobotDataset("test/imagined", root=out)
+    ledger = json.loads((out / "meta" / "imagined.json").read_text())
+    assert finished.meta.total_episodes == 6 and len(ledger["jobs"]) == 6  # 3 starts x 2 seeds, each once
+    assert sorted(j["episode_index"] for j in ledger["jobs"].values()) == list(range(6))
+    assert not (tmp_path / "out.recording").exists() and not (tmp_path / "out.old").exists()

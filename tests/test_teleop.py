@@ -188,3 +188,43 @@ def test_the_key_map_comes_from_the_action_names(server, tiny_world_model_dir):
         assert ws.receive_json()["keyboard"] is False
         ws.send_json({"type": "keys", "down": ["w"]})
         assert "end-effector delta" in next_of(ws, "error")["message"]
+
+
+def save_teleop_episodes(root: str, n: int) -> None:
+    """What the hard-kill test runs in a subprocess: teleop's recorder saving n short episodes."""
+    from worldmodel.teleop import Recorder
+
+    recorder = Recorder(root, "test/teleop", ["observation.images.corner"], 32, 3, 2, fps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        frames = [{"observation.images.corner": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                   "observation.state": rng.normal(size=3).astype(np.float32),
+                   "action": rng.normal(size=2).astype(np.float32)} for _ in range(6)]
+        recorder.save(frames, "drive")
+
+
+def test_a_hard_kill_while_saving_teleop_episodes_keeps_the_saved_ones(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "teleop"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_teleop; "
+              f"test_teleop.save_teleop_episodes({str(root)!r}, 200)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (root / "meta" / "info.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "no episode saved in time"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.5, 2.0))  # somewhere inside a later save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survived = LeRobotDataset("test/teleop", root=root)  # opens: only committed episodes are there
+    n = survived.meta.total_episodes
+    assert n >= 1 and len(survived) == 6 * n and survived[len(survived) - 1]["action"].shape == (2,)
+    subprocess.run([sys.executable, "-c", script.replace(", 200)", ", 2)")], check=True, timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert LeRobotDataset("test/teleop", root=root).meta.total_episodes == n + 2
+    assert not (tmp_path / "teleop.recording").exists()

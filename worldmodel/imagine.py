@@ -18,7 +18,10 @@ them) are the judge's verdict after that step. With `keep_failures` every rollou
 per-episode feature `imagined.success_probability` holds the judge's final score. `meta/imagined.json` records the world model, judge, threshold,
 policies, seeds and every job's outcome; it is also the ledger a restarted run resumes from: a job
 is marked done only after its episode is saved (or rejected), so a crash never duplicates an episode
-and never leaves half of one (the episode being written is dropped and redone).
+and never leaves half of one (the episode being written is dropped and redone). Episodes and ledger are
+written into a working copy that is finalised and swapped in every `commit_every` kept episodes
+(`worldmodel.recording`): after a hard kill (kill -9) `output_root` still opens in lerobot, and a rerun
+redoes only the jobs after the last commit.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodel.atomic import write_json_atomic
-from worldmodel.dataset import DatasetConfig, start_frames, write_episode
+from worldmodel.dataset import DatasetConfig, start_frames
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.model import VideoDiT
+from worldmodel.recording import CommittedDataset
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
 
@@ -59,14 +63,16 @@ class ImagineConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     device: str | None = None
     vcodec: str = "libsvtav1"
+    commit_every: int = 10  # kept episodes per commit: a hard kill loses at most this many (redone on rerun)
+
+
+LEDGER = Path("meta") / "imagined.json"
 
 
 class Imaginer:
     """Generates the dataset; `policies` are objects with reset()/select_action() (any adapter)."""
 
     def __init__(self, cfg: ImagineConfig, policies: dict, judge):
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
         self.cfg, self.policies, self.judge = cfg, policies, judge
         self.model = VideoDiT.from_pretrained(cfg.model)
         keys = list(self.model.cfg.camera_keys)
@@ -80,27 +86,36 @@ class Imaginer:
                          if k not in ("timestamp", "frame_index", "episode_index", "index", "task_index")}
         if cfg.keep_failures:  # everything is kept: the judge's verdict travels with each episode
             self.features["imagined.success_probability"] = {"dtype": "float32", "shape": (1,), "names": None}
-        self.fps = meta.fps
+        self.fps, self.robot_type = meta.fps, meta.robot_type
         self.default_task = str(meta.tasks.index[0])
         root = Path(cfg.output_root)
-        self.ledger_path = root / "meta" / "imagined.json"
-        if self.ledger_path.exists():
-            self.dataset = LeRobotDataset(cfg.repo_id, root=root, vcodec=cfg.vcodec)
-            self.ledger = json.loads(self.ledger_path.read_text())
+        self.recording = CommittedDataset(root, self.open_output, cfg.commit_every)  # drops what a kill left
+        info = root / "meta" / "info.json"
+        if (root / LEDGER).exists():
+            self.ledger = json.loads((root / LEDGER).read_text())
+        elif info.exists():
+            raise RuntimeError(f"output_root: {root} holds a dataset without {LEDGER}; it was not written by this "
+                               "command (choose another --output_root)")
         else:
-            self.dataset = LeRobotDataset.create(cfg.repo_id, fps=self.fps, features=self.features, root=root,
-                                                 robot_type=meta.robot_type, vcodec=cfg.vcodec)
             self.ledger = {"world_model": cfg.model, "judge": cfg.judge, "threshold": cfg.threshold,
                            "keep_failures": cfg.keep_failures, "policies": list(policies), "seed": cfg.seed,
                            "source": cfg.dataset.root or cfg.dataset.repo_id,
                            "warmup_random_steps": cfg.warmup_random_steps, "jobs": {}}
-            write_json_atomic(self.ledger_path, self.ledger)
-        # A crash can leave saved episodes the ledger has not heard of (saved, then killed before the
-        # ledger write): those are real and whole, but their jobs would run again; refuse to guess.
+        # The ledger is committed with the episodes, so the two agree unless something else wrote here.
         recorded = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
-        if recorded != self.dataset.meta.total_episodes:
-            raise RuntimeError(f"output_root: {root} holds {self.dataset.meta.total_episodes} episodes but its "
-                               f"ledger lists {recorded}; it was not written by this command")
+        committed = json.loads(info.read_text())["total_episodes"] if info.exists() else 0
+        if recorded != committed:
+            raise RuntimeError(f"output_root: {root} holds {committed} episodes but its ledger lists {recorded}; "
+                               "it was not written by this command")
+
+    def open_output(self, path: Path):
+        """The output dataset at `path` (the working copy): opened, or created with the source's features."""
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        if (path / "meta" / "info.json").exists():
+            return LeRobotDataset(self.cfg.repo_id, root=path, vcodec=self.cfg.vcodec)
+        return LeRobotDataset.create(self.cfg.repo_id, fps=self.fps, features=self.features, root=path,
+                                     robot_type=self.robot_type, vcodec=self.cfg.vcodec)
 
     def jobs(self) -> list[dict]:
         tasks = self.cfg.tasks or [self.default_task]
@@ -128,13 +143,14 @@ class Imaginer:
                         index = self.save(episode, task, score) if keep else None
                         kept += keep
                         self.ledger["jobs"][job["id"]] = {**job, "episode_index": index, "score": float(score)}
-                        write_json_atomic(self.ledger_path, self.ledger)
+                        write_json_atomic(self.recording.folder / LEDGER, self.ledger)
+                        self.recording.commit_if_due()
                         progress.update(1)
                         progress.set_postfix(kept=kept)
         finally:
             signal.signal(signal.SIGTERM, previous)
             progress.close()
-            self.dataset.finalize()
+            self.recording.commit()
         return self.ledger
 
     def rollout(self, policy_name: str, task: str, batch: list[dict]):
@@ -162,9 +178,7 @@ class Imaginer:
         return episodes, scores
 
     def save(self, episode: list, task: str, score: float) -> int:
-        """Write one whole episode; on any interruption the partial buffer is dropped."""
-        index = self.dataset.meta.total_episodes
-
+        """Write one whole episode; on any interruption the partial buffer is dropped. -> its index."""
         def frames():
             for obs, action, success in episode:
                 frame = {k: obs[k] for k in self.features if k in obs}
@@ -177,8 +191,7 @@ class Imaginer:
                     frame["imagined.success_probability"] = np.array([score], np.float32)
                 yield frame
 
-        write_episode(self.dataset, frames(), task)
-        return index
+        return self.recording.write(frames(), task)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,8 +39,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldmodel.dataset import ClipDataset, DatasetConfig, start_frames, write_episode
+from worldmodel.dataset import ClipDataset, DatasetConfig, start_frames
 from worldmodel.model import VideoDiT
+from worldmodel.recording import CommittedDataset
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
 
@@ -121,18 +122,22 @@ class Recorder:
         self.lock = threading.Lock()
 
     def save(self, frames: list[dict], task: str) -> int:
+        """One whole episode, committed by renames (worldmodel.recording): a hard kill mid-save leaves the
+        episodes saved before it readable. -> episodes in the dataset."""
+        with self.lock:
+            recording = CommittedDataset(self.root, self.open_dataset, commit_every=1)
+            try:
+                index = recording.write(frames, task)
+            finally:
+                recording.commit()
+            return index + 1
+
+    def open_dataset(self, path: Path):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        with self.lock:
-            if (self.root / "meta" / "info.json").exists():
-                dataset = LeRobotDataset(self.repo_id, root=self.root)
-            else:
-                dataset = LeRobotDataset.create(self.repo_id, fps=self.fps, features=self.features, root=self.root)
-            try:
-                write_episode(dataset, frames, task)
-            finally:
-                dataset.finalize()
-            return dataset.meta.total_episodes
+        if (path / "meta" / "info.json").exists():
+            return LeRobotDataset(self.repo_id, root=path)
+        return LeRobotDataset.create(self.repo_id, fps=self.fps, features=self.features, root=path)
 
 
 class Session:

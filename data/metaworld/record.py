@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from worldmodel.dataset import write_episode
 from worldmodel.envs.metaworld import ACTION_NAMES, CONTROL_FPS, STATE_DIM, STATE_NAMES, MetaWorldConfig
+from worldmodel.recording import CommittedDataset
 
 
 @dataclass
@@ -162,33 +161,8 @@ def _worker_rollout(args: tuple) -> dict:
 
 
 # -- main side ---------------------------------------------------------------------------------
-# `root` only ever holds a finalised dataset. Episodes are written into a working copy beside it
-# (<root>.recording); every `finalize_every` episodes the copy is finalised and swapped in by renames
-# (root -> <root>.old, copy -> root). A hard kill (kill -9) therefore loses at most the episodes of the
-# unfinished copy, and the next run drops that copy, restores a half-done swap, and continues.
-def _siblings(root: Path) -> tuple[Path, Path]:
-    return root.with_name(root.name + ".recording"), root.with_name(root.name + ".old")
-
-
-def _recover(root: Path) -> None:
-    """Bring `root` back to its last committed state after a hard kill."""
-    work, old = _siblings(root)
-    if not root.exists() and old.exists():  # killed between the two renames of a commit
-        old.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
-    if work.exists():
-        print(f"{work}: dropping the episodes a hard kill left unfinalised")
-        shutil.rmtree(work)
-
-
-def _commit(root: Path) -> None:
-    work, old = _siblings(root)
-    if root.exists():
-        root.rename(old)
-    work.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
-
-
+# `root` only ever holds a finalised dataset: episodes go into a working copy that is finalised and swapped in
+# every `finalize_every` episodes (worldmodel.recording), so a hard kill loses at most those.
 def _open_dataset(cfg: RecordConfig, root: Path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -216,21 +190,12 @@ def _open_dataset(cfg: RecordConfig, root: Path):
     )
 
 
-def _working_copy(cfg: RecordConfig):
-    """A dataset at <root>.recording holding everything committed so far, ready for more episodes."""
-    root = Path(cfg.root)
-    work, _ = _siblings(root)
-    if (root / "meta" / "info.json").exists():
-        shutil.copytree(root, work)
-    return _open_dataset(cfg, work)
-
-
 def record(cfg: RecordConfig) -> Path:
     """Record until the dataset at `cfg.root` holds `cfg.episodes` episodes; returns the root."""
     from worldmodel.envs.metaworld import MetaWorldMultiViewEnv
 
     root = Path(cfg.root)
-    _recover(root)
+    recording = CommittedDataset(root, lambda path: _open_dataset(cfg, path), cfg.finalize_every)  # recovers a kill
     start = _open_dataset(cfg, root).meta.total_episodes if root.exists() else 0
     if start >= cfg.episodes:
         print(f"{cfg.root}: already holds {start} episodes, nothing to record")
@@ -243,7 +208,7 @@ def record(cfg: RecordConfig) -> Path:
 
     # SIGTERM behaves like Ctrl-C: stop after the current episode is either fully written or dropped.
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    pool, dataset = None, None
+    pool = None
     try:
         if workers > 1:
             # spawn: forked EGL contexts are not safe
@@ -254,24 +219,17 @@ def record(cfg: RecordConfig) -> Path:
             episodes = (rollout_episode(env, *job) for job in jobs)
         progress = tqdm(total=cfg.episodes, initial=start, desc=f"recording {cfg.root}", unit="episode")
         successes = 0
-        dataset = _working_copy(cfg)
         for n, episode in enumerate(episodes, start=1):
-            write_episode(dataset, ({k: v[t] for k, v in episode.items()} for t in range(len(episode["action"]))),
-                          task)
+            recording.write(({k: v[t] for k, v in episode.items()} for t in range(len(episode["action"]))), task)
             successes += bool(episode["next.success"][-1, 0])
             progress.update(1)
             progress.set_postfix(success_rate=f"{successes / n:.2f}")
-            if n % cfg.finalize_every == 0 and start + n < cfg.episodes:
-                dataset.finalize()
-                _commit(root)
-                dataset = _working_copy(cfg)
+            recording.commit_if_due()
         progress.close()
     finally:
         if pool is not None:
             pool.terminate()
-        if dataset is not None:  # whole episodes only (write_episode), also after Ctrl-C / SIGTERM
-            dataset.finalize()
-            _commit(root)
+        recording.commit()  # whole episodes only (write_episode), also after Ctrl-C / SIGTERM
         signal.signal(signal.SIGTERM, previous_sigterm)
     return root
 
