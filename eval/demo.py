@@ -27,7 +27,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "pretrained" / "metaworld_push
 class DemoConfig:
     assets: str = str(ASSETS)
     model: str | None = None  # a folder of `assets` (tiny, small); None: small on a GPU if shipped, else tiny
-    episodes: int | None = None  # per policy; None: 5 on a CPU (about 10 minutes on 2 cores), 20 on a GPU
+    episodes: int | None = None  # per policy; None: 5 on a CPU (about 2 minutes on 2 cores), 20 on a GPU
     policies: list[str] | None = None  # None: the whole family (policies/metaworld.py)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     output_dir: str = "outputs/demo"
