@@ -179,3 +179,23 @@ def test_memory_frames_come_from_earlier_in_the_episode_by_pose(tiny_dataset_roo
     assert np.median(best(chosen)) <= np.median(best(earlier))
     # Reading the same clip twice gives the same memory (a resumed run sees what it would have seen).
     torch.testing.assert_close(clips[len(clips) - 1]["memory_offset"], clips[len(clips) - 1]["memory_offset"])
+
+
+def test_a_missing_local_root_is_named_and_nothing_is_created_or_downloaded(tmp_path, monkeypatch):
+    import socket
+
+    from worldmodel.train import TrainConfig, split_episodes
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a local root reached for the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    missing = tmp_path / "no_such_dataset"
+    with pytest.raises(FileNotFoundError, match=f"dataset.root: {missing} does not exist"):
+        ClipDataset(DatasetConfig(root=str(missing), repo_id="test/tiny", camera_keys=["corner"], image_size=32))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        split_episodes(TrainConfig(dataset=DatasetConfig(root=str(missing))))
+    assert not missing.exists()  # lerobot would have created it
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no LeRobotDataset"):
+        ClipDataset(DatasetConfig(root=str(tmp_path / "empty"), repo_id="test/tiny", camera_keys=["corner"]))

@@ -266,3 +266,25 @@ def test_a_deterministic_state_reads_the_anchor_state_never_the_noisy_one():
     sampled.load_state_dict(model.state_dict())
     changed = sampled(**{**x, "state": torch.randn(B, T, S) * 5}, anchor=anchor)["state"]
     assert (changed - sampled(**x, anchor=anchor)["state"]).abs().mean() > 1e-3
+
+
+def test_a_missing_model_folder_is_named_without_touching_the_network(tmp_path, monkeypatch):
+    import socket
+
+    from worldmodel.judge import SuccessJudge
+    from worldmodel.policy import LeRobotPolicy
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a local path reached for the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    for load, kind in ((VideoDiT.from_pretrained, "world model"), (SuccessJudge.from_pretrained, "success judge"),
+                       (LeRobotPolicy.from_pretrained, "LeRobot policy")):
+        with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'outputs' / 'nothing'}: no such folder; expected .*{kind}"):
+            load(str(tmp_path / "outputs" / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        VideoDiT.from_pretrained(str(tmp_path / "empty"))
+    from worldmodel.model import HUB_ID
+    assert HUB_ID.match("lerobot/pusht") and not HUB_ID.match("outputs/train/tiny/model")
+    assert not HUB_ID.match("/abs/path") and not HUB_ID.match("./rel")

@@ -102,12 +102,25 @@ def normalization_stats(meta, action_key: str, state_key: str) -> dict[str, list
     return stats
 
 
+def check_local_root(cfg: DatasetConfig) -> None:
+    """A local `root` must hold a LeRobotDataset before lerobot sees it: given a missing folder, lerobot reaches
+    for the hub (a ConnectionError offline) and creates the folder. root=None asks for the hub on purpose."""
+    if cfg.root is None:
+        return
+    root = Path(cfg.root)
+    if not (root / "meta" / "info.json").is_file():
+        found = "does not exist" if not root.exists() else "holds no LeRobotDataset (no meta/info.json)"
+        raise FileNotFoundError(f"dataset.root: {root} {found}; pass the folder of a local LeRobotDataset, or "
+                                f"--dataset.root=null --dataset.repo_id=user/name to read one from the hub")
+
+
 def open_lerobot_dataset(cfg: DatasetConfig):
     """LeRobotDataset(repo_id, root); a dataset in the older v2.1 format gets the exact local conversion
     command instead of lerobot's, which points at the hub."""
     from lerobot.datasets.backward_compatibility import BackwardCompatibilityError
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    check_local_root(cfg)
     try:
         return LeRobotDataset(cfg.repo_id, root=cfg.root, episodes=cfg.episodes, video_backend=cfg.video_backend)
     except BackwardCompatibilityError as error:

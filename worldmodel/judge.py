@@ -27,7 +27,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from tqdm import tqdm
 
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.dataset import ClipDataset, DatasetConfig, check_local_root
 from worldmodel.model import check_folder_kind
 
 
@@ -172,6 +172,7 @@ def train_judge(cfg: JudgeTrainConfig) -> Path:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
     torch.manual_seed(cfg.seed)
+    check_local_root(cfg.dataset)
     meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=cfg.dataset.root)
     episodes = cfg.dataset.episodes or list(range(meta.total_episodes))
     if cfg.val_episodes >= len(episodes):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -548,11 +549,27 @@ class VideoDiT(ModelMixin, ConfigMixin):
 FOLDER_KINDS = {"VideoDiT": "a world model (VideoDiT)", "SuccessJudge": "a success judge (SuccessJudge)"}
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name, and nothing else
+
+
+def check_pretrained_path(path, expected: str) -> None:
+    """Offline by default: a path that is not a local folder is refused by name, unless it is written as a hub
+    id (user/name), the one form that may reach the network. Without this, a typo in a local path becomes a
+    hub request and an OSError about connections."""
+    if Path(path).exists() or HUB_ID.match(str(path)):
+        return
+    raise FileNotFoundError(f"{path}: no such folder; expected {expected} (a local folder, or a hub id user/name)")
+
+
 def check_folder_kind(path, expected: str) -> None:
-    """A local model folder of another kind (a judge passed as a world model, ...) is named as such, instead of
-    failing later on an unexpected config key. Folders without a config.json are left to diffusers."""
+    """A missing local folder is named (check_pretrained_path), and a folder of another kind (a judge passed as a
+    world model, ...) is named as such, instead of failing later on an unexpected config key."""
+    check_pretrained_path(path, FOLDER_KINDS.get(expected, expected))
     config = Path(path) / "config.json"
     if not config.is_file():
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"{path}: no config.json; expected {FOLDER_KINDS.get(expected, expected)} "
+                                    "(a folder written by save_pretrained)")
         return
     found = json.loads(config.read_text()).get("_class_name")
     if found is not None and found != expected:

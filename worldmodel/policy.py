@@ -18,6 +18,8 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from worldmodel.model import check_pretrained_path
+
 
 class Policy(Protocol):
     name: str
@@ -64,6 +66,7 @@ class LeRobotPolicy:
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
         from lerobot.configs.policies import PreTrainedConfig
 
+        check_pretrained_path(path, "a LeRobot policy (a pretrained_model folder)")
         config = PreTrainedConfig.from_pretrained(path)
         policy = get_policy_class(config.type).from_pretrained(path)
         pre, post = make_pre_post_processors(policy.config, pretrained_path=path)

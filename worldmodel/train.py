@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from worldmodel.codec import DiffusersAutoencoderCodec, PixelCodec
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.dataset import ClipDataset, DatasetConfig, check_local_root
 from worldmodel.diffusion import DiffusionConfig, FlowMatching, GeneratorState, sample_full_sequence
 from worldmodel.atomic import write_json_atomic, write_text_atomic
 from worldmodel.metrics import psnr
@@ -102,6 +102,7 @@ class TrainConfig:
 def split_episodes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
+    check_local_root(cfg.dataset)
     meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=cfg.dataset.root)
     episodes = cfg.dataset.episodes if cfg.dataset.episodes is not None else list(range(meta.total_episodes))
     n_val = cfg.train.val_episodes
