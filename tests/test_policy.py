@@ -112,5 +112,35 @@ def test_wm_eval_ranks_saved_lerobot_policies(tiny_world_model_dir, tiny_dataset
         dataset=DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny"), episodes=2, max_episode_steps=8,
         sampler=SamplerConfig(steps=2, window=2), device="cpu", output=str(tmp_path / "eval.json")))
     assert [r["policy"] for r in report["policies"]] == paths and sorted(report["ranking"]) == sorted(paths)
-    assert all(r["n_episodes"] == 2 and 0 <= r["imagined_success"] <= 1 for r in report["policies"])
+    for r in report["policies"]:  # success is the judge's verdict on each episode's last frames, averaged
+        assert r["n_episodes"] == 2
+        assert r["per_episode_success"] == [p >= 0.5 for p in r["per_episode_probability"]]
+        assert r["imagined_success"] == pytest.approx(np.mean(r["per_episode_success"]))
+    rates = {r["policy"]: r["imagined_success"] for r in report["policies"]}
+    assert [rates[p] for p in report["ranking"]] == sorted(rates.values(), reverse=True)
     assert json.loads((tmp_path / "eval.json").read_text())["task"].startswith("Push the puck")
+
+
+@torch.no_grad()
+def test_the_lerobot_adapter_converts_images_unnormalises_actions_and_resets_the_queue():
+    """Behind the batched protocol ACT gets LeRobot's float CHW images in [0, 1], its action comes back in env
+    units (the stats' action std is 0.5), it reads the pictures, and reset() empties its action queue."""
+    adapter = tiny_act_policy()
+    rng = np.random.default_rng(0)
+    obs = {"observation.images.corner": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+           "observation.state": rng.normal(size=(2, 39)).astype(np.float32)}
+    adapter.reset()
+    first = adapter.select_action(obs)
+    adapter.reset()
+    lerobot_batch = {"observation.images.corner": torch.from_numpy(obs["observation.images.corner"]).permute(0, 3, 1, 2)
+                     .float() / 255.0, "observation.state": torch.from_numpy(obs["observation.state"]),
+                     "task": ["push", "push"]}
+    normalised = adapter.policy.select_action(adapter.preprocessor(lerobot_batch)).numpy()
+    np.testing.assert_allclose(first, normalised * 0.5, rtol=1e-5, atol=1e-6)  # mean 0, std 0.5
+    adapter.reset()
+    assert np.allclose(adapter.select_action(obs), first)  # reset: the queue starts again from this observation
+    second = adapter.select_action(obs)  # the next action of the same chunk, not a recomputation
+    assert not np.allclose(second, first)
+    adapter.reset()
+    other = {**obs, "observation.images.corner": 255 - obs["observation.images.corner"]}
+    assert not np.allclose(adapter.select_action(other), first)  # it reads the picture

@@ -1,6 +1,7 @@
 """The visual-policy recipe: LeRobot's own trainer, checkpoints at each budget, usable as policies."""
 
 import numpy as np
+import torch
 
 from policies.train_visual import TrainVisualConfig, train_visual
 from worldmodel.policy import LeRobotPolicy
@@ -17,3 +18,11 @@ def test_recipe_keeps_a_checkpoint_per_budget_and_they_act(tiny_dataset_root, tm
            "observation.state": np.zeros((2, 39), np.float32)}
     action = policy.select_action(obs)
     assert action.shape == (2, 4) and np.isfinite(action).all()
+    # It acts on what it sees: another state gives another action (a fresh queue for both).
+    policy.reset()
+    moved = policy.select_action({**obs, "observation.state": np.ones((2, 39), np.float32)})
+    assert not np.allclose(moved, action)
+    # Each budget is its own checkpoint: two more training steps changed the weights.
+    early = LeRobotPolicy.from_pretrained(str(checkpoints[0]), task="push")
+    assert any(not torch.equal(a, b) for a, b in zip(early.policy.state_dict().values(),
+                                                      policy.policy.state_dict().values()))
