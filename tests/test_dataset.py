@@ -199,3 +199,37 @@ def test_a_missing_local_root_is_named_and_nothing_is_created_or_downloaded(tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no LeRobotDataset"):
         ClipDataset(DatasetConfig(root=str(tmp_path / "empty"), repo_id="test/tiny", camera_keys=["corner"]))
+
+
+def test_a_hard_kill_while_decoding_leaves_no_cache_and_the_rerun_builds_a_whole_one(tiny_dataset_root, tmp_path):
+    """The decoded cache is built in a temp folder and renamed: kill -9 at a random moment of the build leaves
+    either no cache or a whole one, never a half-written one in its place."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache_root = tmp_path / "cache"
+    script = (f"from worldmodel.dataset import ClipDataset, DatasetConfig; ClipDataset(DatasetConfig("
+              f"root={str(tiny_dataset_root)!r}, repo_id='test/tiny', camera_keys=['corner', 'gripperPOV'], "
+              f"image_size=32, frame_stride=3, clip_frames=5, cache_dir={str(cache_root)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(cache_root.rglob("*.tmp-*")) and proc.poll() is None:
+        assert time.time() < deadline, "the build never started"
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere inside the decoding (or just after it)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = [p.parent for p in cache_root.rglob("cache.json") if ".tmp-" not in p.parent.name]
+    for directory in [p for p in cache_root.rglob("*") if p.is_dir() and ".tmp-" not in p.name]:
+        if any(directory.glob("*.npy")):  # a cache folder in place is a whole one
+            assert directory in finished
+    clips = ClipDataset(config(tiny_dataset_root, cache_dir=str(cache_root)))  # the rerun
+    direct = LeRobotDataset("test/tiny", root=tiny_dataset_root)
+    item = direct[79]
+    for v, key in enumerate(clips.camera_keys):
+        decoded = (item[key] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        cached = clips.cache.images[clips.cache.episode_start[1] + 39][v]
+        assert np.abs(decoded.astype(int) - cached.astype(int)).max() <= 1

@@ -48,3 +48,39 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
     assert sorted((r["policy"], r["episode"]) for r in records) == [("expert", 0), ("expert", 1), ("random", 0),
                                                                      ("random", 1)]
     assert [p["real_success"] for p in healed["policies"]] == [p["real_success"] for p in first["policies"]]
+
+
+def test_a_hard_kill_of_rank_keeps_finished_pairs_and_the_resumed_run_completes(tiny_world_model_dir, tmp_path):
+    """kill -9 at a random moment after the first imagined batch: episodes.jsonl holds whole records only (a torn
+    last line is dropped by the resume), and --resume=true finishes every (policy, episode) pair exactly once."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "eval.rank", f"--model={tiny_world_model_dir}", "--judge=null",
+           "--policies=[expert,random]", "--episodes=6", "--max_episode_steps=12", "--sampler.steps=2",
+           "--sampler.window=2", "--n_boot=20", "--batch_size=2", "--device=cpu", "--videos_per_policy=0",
+           "--run=killed", f"--output_dir={out}", f"--results_dir={tmp_path / 'results'}", "--resume=true"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    episodes = out / "episodes.jsonl"
+    while not (episodes.exists() and episodes.read_text().count("\n") >= 2):
+        assert proc.poll() is None, "rank exited before its first imagined batch was written"
+        assert time.time() < deadline, "no imagined batch in time"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = [json.loads(line) for line in episodes.read_text().splitlines() if line.strip().endswith("}")]
+    assert len(kept) >= 2
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    records = [json.loads(line) for line in episodes.read_text().splitlines()]
+    assert sorted((r["policy"], r["episode"]) for r in records) == sorted(
+        (p, e) for p in ("expert", "random") for e in range(6))  # every pair once
+    for record in kept:  # what was finished before the kill is kept, not redone
+        assert record in records
+    saved = json.loads((tmp_path / "results" / "rank_killed.json").read_text())
+    assert all(p["n_episodes"] == 6 for p in saved["policies"])
