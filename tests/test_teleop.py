@@ -228,3 +228,35 @@ def test_a_hard_kill_while_saving_teleop_episodes_keeps_the_saved_ones(tmp_path)
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert LeRobotDataset("test/teleop", root=root).meta.total_episodes == n + 2
     assert not (tmp_path / "teleop.recording").exists()
+
+
+def test_closed_sessions_are_freed(server):
+    """A session holds a world model's KV cache and memory: once its page closes nothing may keep it alive."""
+    import gc
+    import weakref
+
+    from worldmodel import teleop
+
+    made = []
+    original = teleop.Session.__init__
+
+    def remember(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    client = TestClient(server.app)
+    try:
+        teleop.Session.__init__ = remember
+        for _ in range(6):
+            with client.websocket_connect("/ws") as ws:
+                assert ws.receive_json()["type"] == "hello"
+                next_of(ws, "frame")
+                ws.send_json({"type": "ack"})
+    finally:
+        teleop.Session.__init__ = original
+    deadline = time.time() + 10
+    while server.sessions and time.time() < deadline:  # the server notices each close on its own loop
+        time.sleep(0.05)
+    gc.collect()
+    assert len(made) == 6 and not server.sessions
+    assert [ref() for ref in made if ref() is not None] == []  # every session (and its KV cache) is gone
