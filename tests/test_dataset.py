@@ -205,6 +205,7 @@ def test_a_hard_kill_while_decoding_leaves_no_cache_and_the_rerun_builds_a_whole
     """The decoded cache is built in a temp folder and renamed: kill -9 at a random moment of the build leaves
     either no cache or a whole one, never a half-written one in its place."""
     import random
+    import os
     import signal
     import subprocess
     import sys
@@ -214,13 +215,13 @@ def test_a_hard_kill_while_decoding_leaves_no_cache_and_the_rerun_builds_a_whole
     script = (f"from worldmodel.dataset import ClipDataset, DatasetConfig; ClipDataset(DatasetConfig("
               f"root={str(tiny_dataset_root)!r}, repo_id='test/tiny', camera_keys=['corner', 'gripperPOV'], "
               f"image_size=32, frame_stride=3, clip_frames=5, cache_dir={str(cache_root)!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not any(cache_root.rglob("*.tmp-*")) and proc.poll() is None:
         assert time.time() < deadline, "the build never started"
         time.sleep(0.01)
     time.sleep(random.uniform(0.0, 0.5))  # somewhere inside the decoding (or just after it)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, children included
     proc.wait()
     finished = [p.parent for p in cache_root.rglob("cache.json") if ".tmp-" not in p.parent.name]
     for directory in [p for p in cache_root.rglob("*") if p.is_dir() and ".tmp-" not in p.name]:

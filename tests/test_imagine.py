@@ -100,6 +100,7 @@ def run_imagine(model_dir, dataset_root, out, starts):
 def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tiny_world_model_dir, tiny_dataset_root,
                                                                            tmp_path):
     import random
+    import os
     import signal
     import subprocess
     import sys
@@ -116,14 +117,14 @@ def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tiny_
         except (FileNotFoundError, json.JSONDecodeError):
             return 0
 
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while committed() < 1:
         assert proc.poll() is None, "imagine exited before its first commit"
         assert time.time() < deadline, "no commit in time"
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 1.0))  # inside a later episode or commit
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, children included
     proc.wait()
 
     survived = LeRobotDataset("test/imagined", root=out)  # lerobot opens what the kill left

@@ -54,6 +54,7 @@ def test_a_hard_kill_of_rank_keeps_finished_pairs_and_the_resumed_run_completes(
     """kill -9 at a random moment after the first imagined batch: episodes.jsonl holds whole records only (a torn
     last line is dropped by the resume), and --resume=true finishes every (policy, episode) pair exactly once."""
     import random
+    import os
     import signal
     import subprocess
     import sys
@@ -64,7 +65,7 @@ def test_a_hard_kill_of_rank_keeps_finished_pairs_and_the_resumed_run_completes(
            "--policies=[expert,random]", "--episodes=6", "--max_episode_steps=12", "--sampler.steps=2",
            "--sampler.window=2", "--n_boot=20", "--batch_size=2", "--device=cpu", "--videos_per_policy=0",
            "--run=killed", f"--output_dir={out}", f"--results_dir={tmp_path / 'results'}", "--resume=true"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     episodes = out / "episodes.jsonl"
     while not (episodes.exists() and episodes.read_text().count("\n") >= 2):
@@ -72,7 +73,7 @@ def test_a_hard_kill_of_rank_keeps_finished_pairs_and_the_resumed_run_completes(
         assert time.time() < deadline, "no imagined batch in time"
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 1.0))
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, children included
     proc.wait()
     kept = [json.loads(line) for line in episodes.read_text().splitlines() if line.strip().endswith("}")]
     assert len(kept) >= 2

@@ -87,6 +87,7 @@ def test_waypoint_tour_follows_the_expert_then_leaves_and_revisits():
 def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tmp_path):
     import json
     import random
+    import os
     import signal
     import subprocess
     import sys
@@ -103,14 +104,14 @@ def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tmp_p
         except (FileNotFoundError, json.JSONDecodeError):
             return 0
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while committed() < 2:
         assert proc.poll() is None, "the recorder exited before its first commit"
         assert time.time() < deadline, "no commit in time"
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 1.5))  # somewhere inside the next batch, or a commit
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, children included
     proc.wait()
 
     survived = LeRobotDataset("test/tiny", root=root)  # lerobot opens what the kill left

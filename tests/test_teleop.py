@@ -205,6 +205,7 @@ def save_teleop_episodes(root: str, n: int) -> None:
 
 def test_a_hard_kill_while_saving_teleop_episodes_keeps_the_saved_ones(tmp_path):
     import random
+    import os
     import signal
     import subprocess
     import sys
@@ -213,13 +214,13 @@ def test_a_hard_kill_while_saving_teleop_episodes_keeps_the_saved_ones(tmp_path)
     root = tmp_path / "teleop"
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_teleop; "
               f"test_teleop.save_teleop_episodes({str(root)!r}, 200)")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not (root / "meta" / "info.json").exists():
         assert proc.poll() is None and time.time() < deadline, "no episode saved in time"
         time.sleep(0.05)
     time.sleep(random.uniform(0.5, 2.0))  # somewhere inside a later save
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, children included
     proc.wait()
     survived = LeRobotDataset("test/teleop", root=root)  # opens: only committed episodes are there
     n = survived.meta.total_episodes

@@ -116,13 +116,13 @@ def test_actions_change_the_prediction_and_dropped_actions_are_unconditional(tra
 
 def _run_until_checkpoint_then_kill(args: list[str], latest: Path, timeout=240) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "worldmodel.train", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     while not latest.exists():
         assert proc.poll() is None, "training exited before its first checkpoint"
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, children included
     proc.wait()
     return int(latest.read_text().split("_")[1])
 
