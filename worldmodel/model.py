@@ -295,12 +295,11 @@ class VideoDiT(ModelMixin, ConfigMixin):
             if not cfg.predict_residual:
                 raise ValueError("residual_from_first_frame: needs predict_residual=True")
             self.anchor_patch_embed = nn.Linear(cfg.latent_channels * p * p, D)
-        if cfg.linear_state_dynamics:
-            if not cfg.predict_residual:
-                raise ValueError("linear_state_dynamics: needs predict_residual=True")
         if cfg.deterministic_state and not cfg.predict_residual:
             raise ValueError("deterministic_state: needs predict_residual=True (the state token reads the anchor state)")
         if cfg.linear_state_dynamics:
+            if not cfg.predict_residual:
+                raise ValueError("linear_state_dynamics: needs predict_residual=True")
             self.actions_to_state = nn.Linear(cfg.action_dim, cfg.state_dim)
 
         self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta) for _ in range(cfg.depth)])

@@ -235,7 +235,7 @@ class StreamingSampler:
             s = s.clamp(-self.config.state_clip_std, self.config.state_clip_std)
         s = self.model.denormalize_state(s)
         if self.state_low is not None:
-            s = torch.maximum(torch.minimum(s, self.state_high), self.state_low)
+            s = s.clamp(min=self.state_low, max=self.state_high)
         return x, s
 
     def _predict(self, x, s, t, actions, context):
