@@ -28,58 +28,66 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false"]),
     "residual": ("today + predict the change from the last clean frame (latents and state)",
                  ["--model.patch_size=8", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true", "--model.condition_on_state=false",
-                  "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+                  "--dataset.memory_frames=3", "--train.batch_size=8", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "residual_p16": ("residual + 16x16 pixel patches (49 tokens/frame), batch 16",
                      ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true", "--model.condition_on_state=false",
-                      "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+                      "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "residual_p16_nomem": ("residual_p16 without memory frames in training (sink and pose memory never seen)",
                            ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
                             "--model.condition_on_state=false", "--dataset.memory_frames=0", "--train.batch_size=16",
-                            "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+                            "--diffusion.noisy_anchor=false", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "residual_p16_state": ("residual_p16 + each frame's adaLN conditioned on its anchor's state (hand, object)",
                            ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
-                            "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+                            "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "residual_p16_state_noisy_anchor": (
         "residual_p16_state, future frames anchored on the context frame as the network sees it (history "
         "noise up to t=0.3 in half the clips), so the change also corrects a corrupted anchor",
         ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
-         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--model.deterministic_state=false"]),
+         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "residual_p16_state_noisy_anchor_lr3e-4": (
         "residual_p16_state_noisy_anchor with lr 3e-4 instead of 1e-3 (a residual model starts near a good "
         "solution, where Adam's normalised steps of size lr are mostly noise)",
         ["--model.patch_size=16", "--model.residual_from_first_frame=false", "--model.linear_state_dynamics=false", "--model.predict_residual=true",
-         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4", "--model.deterministic_state=false"]),
+         "--model.condition_on_state=true", "--dataset.memory_frames=3", "--train.batch_size=16", "--diffusion.noisy_anchor=true", "--train.lr=3e-4", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "first_frame_residual": (
         "residual_p16_state_noisy_anchor, but pictures are the rollout's first frame plus a change (its patches "
         "added to every token); only the state is anchored on the newest frame, so generated pictures never compound",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
-         "--diffusion.noisy_anchor=true", "--model.deterministic_state=false"]),
+         "--diffusion.noisy_anchor=true", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "first_frame_residual_clean_anchor": (
         "first_frame_residual with the state anchored on the clean context state (a noisy anchor state puts "
         "noise into the target change that nothing in the clip can explain)",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
-         "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+         "--diffusion.noisy_anchor=false", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "first_frame_residual_clean_anchor_state_w4": (
         "first_frame_residual_clean_anchor with the state loss weighted x4 (the state is 39 numbers beside "
         "3 x 64 x 64 x 3 pixels, and most of its dimensions never change)",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=false", "--dataset.memory_frames=3", "--train.batch_size=16",
-         "--diffusion.noisy_anchor=false", "--diffusion.state_loss_weight=4.0", "--model.deterministic_state=false"]),
+         "--diffusion.noisy_anchor=false", "--diffusion.state_loss_weight=4.0", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "first_frame_residual_clean_anchor_linear_state": (
         "first_frame_residual_clean_anchor + a linear path from the actions summed since the anchor to the "
         "state change (zero at init), beside the transformer",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
-         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false"]),
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=false", "--model.condition_on_command=false"]),
     "deterministic_state": (
         "first_frame_residual_clean_anchor_linear_state with the state regressed instead of sampled: frames being "
         "denoised read their anchor's clean state, never a noisy one, and the state loss is its plain squared error "
         "(each frame's state is the conditional mean, so no sampling noise is summed over a rollout)",
         ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
-         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=true"]),
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=true", "--model.condition_on_command=false"]),
+    "commanded_pose": (
+        "deterministic_state + every predicted frame told the commanded pose (the controller's target, integrated "
+        "from the rollout's first frame with a gain fitted on the training set, clipped to the workspace at every "
+        "step) in its adaLN conditioning and through a linear path to its state change",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=true",
+         "--model.condition_on_command=true"]),
 }
 
 

@@ -53,8 +53,10 @@ def teacher_forced_errors(model: VideoDiT, clips: ClipDataset, cfg: StateDriftCo
         images = torch.stack([b["images"] for b in batch])  # (B, F + 1, V, 3, H, W)
         state, actions = torch.stack([b["state"] for b in batch]), torch.stack([b["actions"] for b in batch])
         with torch.no_grad():
+            # a model told the commanded pose gets the one integrated from the tour's start (the hand lags it)
+            command = torch.stack([b["command"] for b in batch]) if "command" in batch[0] else None
             _, predicted = sample_full_sequence(model, images[:, :1], state[:, :1], actions, num_steps=cfg.steps,
-                                                generator=torch.Generator().manual_seed(cfg.seed))
+                                                generator=torch.Generator().manual_seed(cfg.seed), command=command)
         real = state[:, 1:, HAND].numpy()
         errors["model"].append(np.linalg.norm(predicted[..., HAND].numpy() - real, axis=-1))
         reckoned, current = [], state[:, 0].numpy().astype(np.float64)
@@ -73,6 +75,8 @@ def state_drift(cfg: StateDriftConfig) -> dict:
                 memory_frames=0)
     clips = ClipDataset(replace(cfg.dataset, clip_frames=cfg.frames_ahead + 1, episodes=list(range(cfg.episodes)),
                                 **view))
+    if mc.condition_on_command:
+        clips.attach_commands(*model.command_parameters())
     train = ClipDataset(replace(cfg.baseline_dataset, clip_frames=2, **view))
     errors = teacher_forced_errors(model, clips, cfg, kinematic_model(train))
     result = {"run": cfg.run, "model": cfg.model, "dataset": cfg.dataset.root, "episodes": cfg.episodes,

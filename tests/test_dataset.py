@@ -234,3 +234,35 @@ def test_a_hard_kill_while_decoding_leaves_no_cache_and_the_rerun_builds_a_whole
         decoded = (item[key] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         cached = clips.cache.images[clips.cache.episode_start[1] + 39][v]
         assert np.abs(decoded.astype(int) - cached.astype(int)).max() <= 1
+
+
+def test_commands_are_integrated_from_each_episodes_first_frame(clips):
+    """attach_commands: every frame's commanded pose is its episode's first pose plus the fitted gain times every
+    action before it (clipped to the pose range at each step); samples carry it; it follows the recorded hand far
+    better than its first position does."""
+    import torch
+
+    from worldmodel.command import integrate_commands
+
+    gain = clips.command_gain()
+    low, high = (torch.as_tensor(b, dtype=torch.float32) for b in clips.pose_range())
+    clips.attach_commands(gain, low, high)
+    try:
+        cache, pose = clips.cache, list(clips.cfg.pose_indices)
+        held, followed = [], []
+        for start, n in zip(cache.episode_start, cache.episode_length):
+            first = torch.from_numpy(cache.states[start, pose])[None]
+            expected = integrate_commands(first, torch.from_numpy(cache.actions[start:start + n - 1])[None],
+                                          torch.tensor(gain), low, high)[0].numpy()
+            np.testing.assert_allclose(clips.commands[start], first[0].numpy())
+            np.testing.assert_allclose(clips.commands[start + 1:start + n], expected, atol=1e-6)
+            hand = cache.states[start:start + n, :3]
+            held.append(np.linalg.norm(hand - hand[0], axis=1).mean())
+            followed.append(np.linalg.norm(clips.commands[start:start + n, :3] - hand, axis=1).mean())
+        assert np.mean(followed) < 0.5 * np.mean(held)
+        episode, step = clips.locate(3)
+        sample = clips.clip(episode, step)
+        rows = cache.episode_start[episode] + sample["step_index"].numpy()
+        np.testing.assert_array_equal(sample["command"].numpy(), clips.commands[rows])
+    finally:
+        clips.commands = None

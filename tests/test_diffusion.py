@@ -33,9 +33,9 @@ def test_context_frames_are_clean_or_lightly_noised_and_left_out_of_the_loss():
 
 
 PLAIN = dict(patch_size=8, predict_residual=False, condition_on_state=False, deterministic_state=False,  # whole frames
-             residual_from_first_frame=False, linear_state_dynamics=False)
+             residual_from_first_frame=False, linear_state_dynamics=False, condition_on_command=False)
 RESIDUAL = dict(patch_size=8, predict_residual=True, condition_on_state=True,  # change from the newest frame
-                residual_from_first_frame=False, linear_state_dynamics=False)
+                residual_from_first_frame=False, linear_state_dynamics=False, condition_on_command=False)
 
 
 def tiny_model(clips, seed=0, design=PLAIN):
@@ -154,7 +154,8 @@ def test_residual_models_always_train_with_a_clean_anchor():
     t, in_loss = fm.sample_noise_levels(2000, 6, "cpu", always_context=True)
     assert (~in_loss[:, 0]).all() and in_loss[:, -1].all()
     cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
-                                    residual_from_first_frame=False, linear_state_dynamics=False),
+                                    residual_from_first_frame=False, linear_state_dynamics=False,
+                                    condition_on_command=False),
                        num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
     with pytest.raises(ValueError, match="clip_frames"):
         fm.loss(make_model(cfg), torch.zeros(2, 1, 1, 3, 8, 8), torch.zeros(2, 1, 39), torch.zeros(2, 1, 2, 4))
@@ -166,7 +167,7 @@ def test_residual_models_always_train_with_a_clean_anchor():
 
 def test_first_frame_residual_models_anchor_pictures_on_the_first_frame_and_need_it():
     cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
-                                    condition_on_state=True, residual_from_first_frame=True),
+                                    condition_on_state=True, residual_from_first_frame=True, condition_on_command=False),
                        num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
     model, fm = make_model(cfg), FlowMatching(DiffusionConfig())
     latents, state, actions = torch.rand(2, 5, 1, 3, 8, 8), torch.randn(2, 5, 39), torch.randn(2, 5, 2, 4)
@@ -193,7 +194,7 @@ def test_a_deterministic_state_is_trained_by_its_plain_squared_error():
     predicts the anchor's state, and its state loss is exactly the squared change from the anchor."""
     cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
                                     residual_from_first_frame=False, linear_state_dynamics=False,
-                                    deterministic_state=True),
+                                    deterministic_state=True, condition_on_command=False),
                        num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
     model, fm = make_model(cfg), FlowMatching(DiffusionConfig())
     latents, actions = torch.zeros(3, 2, 1, 3, 8, 8), torch.randn(3, 2, 2, 4)

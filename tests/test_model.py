@@ -15,7 +15,7 @@ def random_model(seed=0) -> VideoDiT:
     torch.manual_seed(seed)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=False,
                                     residual_from_first_frame=False, linear_state_dynamics=False, deterministic_state=False,
-                                    condition_on_state=False), num_views=V, latent_size=SIZE,
+                                    condition_on_state=False, condition_on_command=False), num_views=V, latent_size=SIZE,
                        image_size=SIZE, frame_stride=STRIDE, state_dim=S, action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
     with torch.no_grad():
@@ -155,7 +155,7 @@ def residual_model(condition_on_state: bool, perturb: float) -> VideoDiT:
     # (a sampled state: with deterministic_state the state token reads the anchor state too, checked below)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, predict_residual=True,
                                     condition_on_state=condition_on_state, linear_state_dynamics=False,
-                                    deterministic_state=False),
+                                    deterministic_state=False, condition_on_command=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
                        action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
@@ -200,7 +200,8 @@ def test_state_conditioning_reads_the_anchor_state_and_only_it():
 @torch.no_grad()
 def test_linear_state_dynamics_adds_a_linear_function_of_the_actions_since_the_anchor():
     torch.manual_seed(0)
-    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, linear_state_dynamics=True),
+    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, linear_state_dynamics=True,
+                                    condition_on_command=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
                        action_dim=A, camera_keys=["a", "b"])
     model, x = make_model(cfg).eval(), inputs()
@@ -241,7 +242,8 @@ def test_a_deterministic_state_reads_the_anchor_state_never_the_noisy_one():
     the state cannot reach any prediction; clean frames still read their own state."""
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, linear_state_dynamics=False,
-                                    residual_from_first_frame=False, deterministic_state=True),
+                                    residual_from_first_frame=False, deterministic_state=True,
+                                    condition_on_command=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
                        action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
@@ -260,7 +262,7 @@ def test_a_deterministic_state_reads_the_anchor_state_never_the_noisy_one():
     # A sampled-state model does read the noisy state.
     sampled = make_model(build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16,
                                                    residual_from_first_frame=False, linear_state_dynamics=False,
-                                                   deterministic_state=False),
+                                                   deterministic_state=False, condition_on_command=False),
                                       num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE,
                                       state_dim=S, action_dim=A, camera_keys=["a", "b"])).eval()
     sampled.load_state_dict(model.state_dict())
@@ -288,3 +290,35 @@ def test_a_missing_model_folder_is_named_without_touching_the_network(tmp_path, 
     from worldmodel.model import HUB_ID
     assert HUB_ID.match("lerobot/pusht") and not HUB_ID.match("outputs/train/tiny/model")
     assert not HUB_ID.match("/abs/path") and not HUB_ID.match("./rel")
+
+
+@torch.no_grad()
+def test_the_commanded_pose_is_read_as_its_offset_from_the_anchor_pose():
+    """condition_on_command: every predicted frame reads where the controller is driving the robot. Untrained, the
+    robot is where it is commanded to be (dead reckoning) and the rest of the state and the pictures copy the
+    anchor; trained, moving the command moves the prediction, pictures and state; without actions (guidance's
+    unconditional half) there is no command either."""
+    torch.manual_seed(0)
+    cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16, residual_from_first_frame=False,
+                                    condition_on_command=True),
+                       num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, state_dim=S,
+                       action_dim=A, camera_keys=["a", "b"], pose_indices=[0, 1, 2])
+    model, x = make_model(cfg).eval(), inputs()
+    state = torch.randn(B, T, S)
+    anchor = {"latents": torch.randn(B, T, V, 3, SIZE, SIZE), "state": state, "action_sum": torch.zeros(B, T, A),
+              "command": state[..., :3].clone()}
+    with pytest.raises(ValueError, match="condition_on_command.*'command'"):
+        model(**x, anchor={k: v for k, v in anchor.items() if k != "command"})
+    moved = {**anchor, "command": anchor["command"] + torch.tensor([0.5, 0.0, 0.0])}
+    untrained = model(**x, anchor=moved)
+    torch.testing.assert_close(untrained["state"][..., :3], moved["command"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(untrained["state"][..., 3:], state[..., 3:], rtol=0, atol=0)
+    torch.testing.assert_close(untrained["latents"], anchor["latents"], rtol=0, atol=0)
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+    base, out = model(**x, anchor=anchor), model(**x, anchor=moved)
+    assert (out["state"] - base["state"]).abs().mean() > 1e-3
+    assert (out["latents"] - base["latents"]).abs().mean() > 1e-4
+    no_actions = torch.zeros(B, dtype=torch.bool)
+    torch.testing.assert_close(model(**x, anchor=moved, action_mask=no_actions)["state"],
+                               model(**x, anchor=anchor, action_mask=no_actions)["state"])

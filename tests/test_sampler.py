@@ -14,7 +14,8 @@ B, V, SIZE, STRIDE = 2, 2, 16, 3
 def model():
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2), num_views=V, latent_size=SIZE,
-                       image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"], max_offset=12)
+                       image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"], max_offset=12,
+                       command_gain=(0.1 * torch.eye(4)).tolist())  # the commanded pose moves with the actions
     m = make_model(cfg).eval()
     with torch.no_grad():  # every weight random, so that no property holds by accident of zero init
         for p in m.parameters():
@@ -45,6 +46,29 @@ def test_cached_rollout_equals_recomputing_the_history_every_step(model, rolling
     assert cached.shape == (B, 7, V, 3, SIZE, SIZE)
     torch.testing.assert_close(cached, naive, rtol=0, atol=1e-4)
     torch.testing.assert_close(cached_state, naive_state, rtol=0, atol=1e-4)
+
+
+def test_the_commanded_pose_follows_every_action_from_the_reset_pose(model):
+    """The sampler's command after a rollout is the reset frame's pose integrated over every env action, rolling
+    or chunked, and it is what the frames being denoised were told (moving it changes the frames)."""
+    from worldmodel.command import integrate_commands
+
+    g = torch.Generator().manual_seed(0)
+    first, state = torch.randn(B, 1, V, 3, SIZE, SIZE, generator=g), torch.randn(B, 1, 39, generator=g)
+    acts = actions(5)
+    expected = integrate_commands(state[:, 0, :4], acts.reshape(B, -1, 4), *model.command_parameters())[:, -1]
+    outputs = []
+    for config in (SamplerConfig(steps=4, window=2, rolling=True, memory=MemoryConfig(k=0)),
+                   SamplerConfig(steps=2, window=2, rolling=False, memory=MemoryConfig(k=0))):
+        sampler = StreamingSampler(model, config, B)
+        sampler.reset(first, state)
+        torch.testing.assert_close(sampler.command, state[:, 0, :4])
+        outputs.append(sampler.rollout(acts, torch.Generator().manual_seed(2))[1])
+        torch.testing.assert_close(sampler.command, expected)
+    sampler = StreamingSampler(model, SamplerConfig(steps=4, window=2, rolling=True, memory=MemoryConfig(k=0)), B)
+    sampler.reset(first, state)
+    sampler.command += 0.5  # told another target, the same actions give other frames
+    assert (sampler.rollout(acts, torch.Generator().manual_seed(2))[1] - outputs[0]).abs().mean() > 1e-3
 
 
 def test_rolling_and_chunked_denoising_differ_but_both_use_every_step(model):
@@ -146,7 +170,8 @@ def test_bad_use_is_refused(model):
 def residual_model(condition_on_state: bool, perturb: float, from_first_frame: bool = False):
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=True,
-                                    condition_on_state=condition_on_state, residual_from_first_frame=from_first_frame),
+                                    condition_on_state=condition_on_state, residual_from_first_frame=from_first_frame,
+                                    condition_on_command=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"],
                        max_offset=12)
     m = make_model(cfg).eval()

@@ -10,6 +10,7 @@ conditioning).
     actions_is_pad  (T, frame_stride) True where that env step lies before the episode's start
     state           (T, S) raw observation.state
     pose            (T, P) the state components memory retrieval indexes on
+    command         (T, P) after attach_commands: the commanded pose (worldmodel.command) from the episode's start
     step_index      (T,) env step of each frame inside its episode
     episode_index   ()
     with memory_frames = M > 0, also memory_images (M, V, 3, H, W), memory_state (M, S),
@@ -34,6 +35,8 @@ import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from worldmodel.command import fit_command_gain, integrate_commands
 
 CACHE_FORMAT_VERSION = 1
 
@@ -290,6 +293,7 @@ class ClipDataset(torch.utils.data.Dataset):
         episodes = sorted(cfg.episodes) if cfg.episodes is not None else list(range(meta.total_episodes))
         self.cache = self._load_or_build_cache(episodes)
         self.latents = None  # see attach_latents
+        self.commands = None  # see attach_commands
 
         # A clip starting at row s spans rows s, s + stride, ..., s + (T - 1) * stride.
         span = (cfg.clip_frames - 1) * cfg.frame_stride
@@ -390,6 +394,8 @@ class ClipDataset(torch.utils.data.Dataset):
         }
         if self.latents is not None:
             sample["latents"] = torch.from_numpy(self.latents[start + steps].astype(np.float32))
+        if self.commands is not None:
+            sample["command"] = torch.from_numpy(self.commands[start + steps])
         if cfg.memory_frames > 0:
             sample.update(self.memory_for(start, first_step, state, seed=start + first_step))
         return sample
@@ -441,6 +447,38 @@ class ClipDataset(torch.utils.data.Dataset):
         gain, *_ = np.linalg.lstsq(np.concatenate(actions).astype(np.float64),
                                    np.concatenate(changes).astype(np.float64), rcond=None)
         return gain.round(6).tolist()
+
+    def pose_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) lowest and highest pose in the training set (stats.json; else the cached episodes)."""
+        pose = list(self.cfg.pose_indices)
+        if "state_min" in self.stats:
+            return np.asarray(self.stats["state_min"])[pose], np.asarray(self.stats["state_max"])[pose]
+        return self.cache.states[:, pose].min(0), self.cache.states[:, pose].max(0)
+
+    def _episodes(self, array: np.ndarray) -> list[np.ndarray]:
+        return [array[s:s + n] for s, n in zip(self.cache.episode_start, self.cache.episode_length)]
+
+    def command_gain(self) -> list[list[float]]:
+        """(A, P) gain of the commanded pose (worldmodel.command), fitted on every cached episode."""
+        poses = self._episodes(self.cache.states[:, list(self.cfg.pose_indices)])
+        return fit_command_gain(poses, self._episodes(self.cache.actions), *self.pose_range())
+
+    def attach_commands(self, gain, low=None, high=None) -> None:
+        """Every cached frame's commanded pose, integrated from its episode's first frame with `gain` (A, P),
+        clipped to [low, high] (P,) at every step (a model's own: VideoDiT.command_parameters; None: unclipped).
+        Afterwards samples also hold `command` (T, P)."""
+        gain = torch.as_tensor(gain, dtype=torch.float32).cpu()
+        if low is not None:
+            low, high = torch.as_tensor(low, dtype=torch.float32).cpu(), torch.as_tensor(high, dtype=torch.float32).cpu()
+        commands = np.zeros((len(self.cache.states), len(self.cfg.pose_indices)), dtype=np.float32)
+        pose = list(self.cfg.pose_indices)
+        for start, length in zip(self.cache.episode_start, self.cache.episode_length):
+            first = torch.from_numpy(self.cache.states[start, pose])[None]
+            # frame t's command has taken the actions of steps 0 .. t-1
+            taken = torch.from_numpy(self.cache.actions[start:start + length - 1])[None]
+            commands[start] = first[0].numpy()
+            commands[start + 1:start + length] = integrate_commands(first, taken, gain, low, high)[0].numpy()
+        self.commands = commands
 
     def first_observations(self, positions) -> dict[str, np.ndarray]:
         """The first frame of the episodes at cache `positions`, in LeRobot keys:

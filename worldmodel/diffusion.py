@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from worldmodel.command import integrate_commands
 from worldmodel.model import VideoDiT
 
 
@@ -118,11 +119,13 @@ class FlowMatching:
 
     def loss(self, model: VideoDiT, latents: torch.Tensor, state0: torch.Tensor, actions: torch.Tensor,
              actions_is_pad: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, memory: dict | None = None) -> tuple[torch.Tensor, dict]:
+             generator: torch.Generator | None = None, memory: dict | None = None,
+             command: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """latents (B, T, V, C, H, W) clean codec latents; state0 (B, T, S) clean *normalised* state;
         actions (B, T, stride, A) raw. `model` may be wrapped (DDP): only its forward is called.
         memory: optional clean memory frames for `VideoDiT.encode_memory` (latents, normalised state, frame_pos,
-        valid); whole clips lose theirs with probability `memory_dropout`.
+        valid); whole clips lose theirs with probability `memory_dropout`. command: (B, T, P) raw commanded pose of
+        every frame (ClipDataset.attach_commands), for a model with condition_on_command.
         All randomness comes from `generator` (the trainer checkpoints its state, for exact resumes)."""
         B, T = latents.shape[:2]
         device = latents.device
@@ -143,6 +146,8 @@ class FlowMatching:
         anchor = clip_anchors(*anchor_source, in_loss, actions, actions_is_pad) if uses_anchor else None
         if mc.residual_from_first_frame:
             anchor["latents"] = first_frame_anchors(anchor["latents"], first_frame_latents(memory), in_loss)
+        if mc.condition_on_command:
+            anchor["command"] = command_anchors(getattr(model, "module", model), command, anchor["state"], in_loss)
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
         min_t = self.config.min_t
         weight = in_loss.float()
@@ -180,6 +185,25 @@ def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Te
         taken = actions.sum(dim=2).cumsum(dim=1)  # (B, T, A) every action up to and including frame t's chunk
         anchor["action_sum"] = taken - gather(taken)
     return anchor
+
+
+def command_anchors(model: VideoDiT, command: torch.Tensor | None, anchor_state: torch.Tensor,
+                    is_future: torch.Tensor) -> torch.Tensor:
+    """anchor["command"] (B, T, P) normalised: a frame being predicted gets its commanded pose (B, T, P) raw; a
+    clean frame is its own anchor and gets its own pose (an offset of zero), as committed frames in the samplers."""
+    if command is None:
+        raise ValueError("command: a model with condition_on_command needs every clip's commanded pose (B, T, P); "
+                         "call ClipDataset.attach_commands(*model.command_parameters()) before training")
+    own_pose = anchor_state[..., list(model.cfg.pose_indices)]
+    return torch.where(per_frame(is_future, own_pose), model.normalize_pose(command.to(own_pose.dtype)), own_pose)
+
+
+def rollout_commands(model: VideoDiT, start_pose: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Commanded pose (B, F, P) raw of F frames that follow a frame whose command was `start_pose` (B, P) raw,
+    given their action chunks (B, F, stride, A) raw: the command after each frame's last env step."""
+    B, F, stride, A = actions.shape
+    steps = integrate_commands(start_pose, actions.reshape(B, F * stride, A), *model.command_parameters())
+    return steps[:, stride - 1::stride]
 
 
 def first_frame_latents(memory: dict | None) -> torch.Tensor:
@@ -221,6 +245,7 @@ def sample_full_sequence(
     guidance_scale: float = 1.0,
     actions_is_pad: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    command: torch.Tensor | None = None,  # (B, K + F, P) raw commanded pose; None: integrated from the last context frame
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference sampler: all F future frames are denoised together from t=1 to 0 with Euler steps,
     recomputing the whole sequence every step (no cache). The baseline any faster sampler must match.
@@ -240,6 +265,12 @@ def sample_full_sequence(
                           actions_is_pad)
     if model.cfg.residual_from_first_frame:
         anchor["latents"] = first_frame_anchors(anchor["latents"], context_latents[:, 0], is_future)
+    if model.cfg.condition_on_command:
+        if command is None:  # a rollout starts where it was commanded to be
+            start = context_state[:, -1, list(model.cfg.pose_indices)]
+            command = torch.cat([context_state[..., list(model.cfg.pose_indices)],
+                                 rollout_commands(model, start, actions[:, K:])], dim=1)
+        anchor["command"] = command_anchors(model, command, anchor["state"], is_future)
     levels = noise_levels(num_steps, device)
     for i in range(num_steps):
         t_future = levels[i].expand(B, F_)

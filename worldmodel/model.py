@@ -64,6 +64,14 @@ class VideoDiTConfig:
     # state adds fresh noise at every frame and an open-loop rollout sums it (eval/results/ablation_cpu.md: the
     # hand wandered tens of cm in 5 s with 4 sampling steps, far less with 1). Needs predict_residual.
     deterministic_state: bool = False
+    # Every frame being predicted is told the commanded pose (worldmodel/command.py): where the controller is driving
+    # the robot, integrated from the rollout's first frame with `command_gain`, clipped to the pose range at each
+    # step. It enters the frame's adaLN conditioning and, through a linear path (zero at init), its state change,
+    # as its offset from the anchor's pose: the model learns how the hand lags the target and what it pushes,
+    # instead of summing its own per-step estimates of the motion over a long open-loop rollout (where
+    # eval/results/state_drift_cpu_tiny.md showed them compounding). The linear path starts as the identity on the
+    # pose: an untrained model puts the robot at its commanded pose (dead reckoning). Needs predict_residual.
+    condition_on_command: bool = False
     # On CUDA, block-causal attention runs through FlexAttention (compiled; skips fully masked blocks)
     # instead of SDPA with a dense boolean mask.
     flex_attention_on_cuda: bool = True
@@ -87,6 +95,8 @@ class VideoDiTConfig:
     # (A, P) pose change per env action, fitted on the training set (ClipDataset.action_to_pose): the
     # sampler's memory query "where will the arm be" uses it unless SamplerConfig overrides it.
     action_to_pose: list[list[float]] | None = None
+    # (A, P) gain of the commanded pose (ClipDataset.command_gain); None: action_to_pose, else no motion.
+    command_gain: list[list[float]] | None = None
     action_names: list[str] | None = None  # the dataset's names of the action dimensions (teleop's key map)
     action_mean: list[float] | None = None
     action_std: list[float] | None = None
@@ -117,7 +127,7 @@ class VideoDiTConfig:
 # With pixel patches a token must be about as wide as the patch it carries (16x16x3 = 768 numbers for
 # `tiny`): with x-prediction a narrower token still learns, but slower.
 DESIGN = dict(predict_residual=True, condition_on_state=True, residual_from_first_frame=True, linear_state_dynamics=True,
-              deterministic_state=True)
+              deterministic_state=True, condition_on_command=True)
 
 
 def tiny() -> dict:  # the CPU design (3 views x 16 patches of 16x16 px + a state token per frame), tests, laptops
@@ -301,6 +311,12 @@ class VideoDiT(ModelMixin, ConfigMixin):
             if not cfg.predict_residual:
                 raise ValueError("linear_state_dynamics: needs predict_residual=True")
             self.actions_to_state = nn.Linear(cfg.action_dim, cfg.state_dim)
+        if cfg.condition_on_command:
+            if not cfg.predict_residual:
+                raise ValueError("condition_on_command: needs predict_residual=True")
+            P = len(cfg.pose_indices)
+            self.command_embed = nn.Sequential(nn.Linear(P, D), nn.SiLU(), nn.Linear(D, D))
+            self.command_to_state = nn.Linear(P, cfg.state_dim)
 
         self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta) for _ in range(cfg.depth)])
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -336,6 +352,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         embeddings = [self.noise_embed, self.action_embed]
         if self.cfg.condition_on_state:
             embeddings.append(self.anchor_state_embed)
+        if self.cfg.condition_on_command:
+            embeddings.append(self.command_embed)
         for mlp in embeddings:
             nn.init.normal_(mlp[0].weight, std=0.02)
             nn.init.normal_(mlp[2].weight, std=0.02)
@@ -347,9 +365,17 @@ class VideoDiT(ModelMixin, ConfigMixin):
         outputs = [self.final_modulation[-1], self.out_latent, self.out_state]
         if self.cfg.linear_state_dynamics:
             outputs.append(self.actions_to_state)
+        if self.cfg.condition_on_command:
+            outputs.append(self.command_to_state)
         for layer in outputs:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.cfg.condition_on_command:
+            # The robot starts where it is commanded to be: each pose dimension of the predicted state is its
+            # commanded value (dead reckoning, within a few cm in MetaWorld); training learns the lag and the rest.
+            with torch.no_grad():
+                for i, index in enumerate(self.cfg.pose_indices):
+                    self.command_to_state.weight[index, i] = 1.0
 
     # -- normalisation with the dataset's own statistics (they travel in the config) ------------
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
@@ -357,6 +383,24 @@ class VideoDiT(ModelMixin, ConfigMixin):
 
     def denormalize_state(self, state: torch.Tensor) -> torch.Tensor:
         return state * self.state_std + self.state_mean
+
+    def normalize_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        """(..., P) raw pose (the state at pose_indices) -> normalised like the state."""
+        index = list(self.cfg.pose_indices)
+        return (pose - self.state_mean[index]) / self.state_std[index]
+
+    def command_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The commanded pose's gain (A, P) and workspace (P,) x 2 (None when the model carries no range)."""
+        cfg, P = self.cfg, len(self.cfg.pose_indices)
+        gain = cfg.command_gain if cfg.command_gain is not None else cfg.action_to_pose
+        device = self.state_mean.device
+        gain = (torch.tensor(gain, dtype=torch.float32, device=device) if gain is not None
+                else torch.zeros(cfg.action_dim, P, device=device))
+        if cfg.state_min is None or cfg.state_max is None:
+            return gain, None, None
+        index = list(cfg.pose_indices)
+        return (gain, torch.tensor(cfg.state_min, dtype=torch.float32, device=device)[index],
+                torch.tensor(cfg.state_max, dtype=torch.float32, device=device)[index])
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
@@ -432,8 +476,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
         return KVContext([merge(k) for k in out["kv"].keys], [merge(v) for v in out["kv"].values],
                          frame_pos.float().repeat_interleave(L, dim=1), valid.repeat_interleave(L, dim=1))
 
-    def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None, anchor_state=None):
-        """One vector per frame: noise level + that frame's own action chunk (+ its anchor's state). -> (B, T, D)"""
+    def frame_conditioning(self, noise_level, actions, actions_is_pad=None, action_mask=None, anchor_state=None,
+                           command_offset=None):
+        """One vector per frame: noise level + that frame's own action chunk (+ its anchor's state, + the commanded
+        pose's offset from it). -> (B, T, D)"""
         B, T = noise_level.shape
         if actions_is_pad is None:
             actions_is_pad = torch.zeros(actions.shape[:3], dtype=torch.bool, device=actions.device)
@@ -443,25 +489,38 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if action_mask is not None:  # False -> the unconditional "null action"
             keep = action_mask.reshape(B, -1).expand(B, T)[..., None]
             action_emb = torch.where(keep, action_emb, self.null_action.to(action_emb.dtype))
-        noise_emb = self.noise_embed(sinusoidal_embedding(noise_level * 1000.0, 256))
+        c = self.noise_embed(sinusoidal_embedding(noise_level * 1000.0, 256)) + action_emb
         if self.cfg.condition_on_state:
-            return noise_emb + action_emb + self.anchor_state_embed(anchor_state)
-        return noise_emb + action_emb
+            c = c + self.anchor_state_embed(anchor_state)
+        if self.cfg.condition_on_command:
+            c = c + self.command_embed(command_offset)
+        return c
 
     def anchors(self, latents, state, noise_level, anchor):
-        """Per-frame anchors (latents (B, T, V, C, H, W), normalised state (B, T, S), and the raw env actions
-        summed since the anchor (B, T, A)): the newest clean frame at or before each frame. Clean frames (a
-        committed frame, a memory frame) are their own anchor, so `anchor` may be left out when every frame is
-        clean; frames being denoised need it given."""
+        """Per-frame anchors (latents (B, T, V, C, H, W), normalised state (B, T, S), the raw env actions
+        summed since the anchor (B, T, A), and the commanded pose's offset from the anchor's pose (B, T, P)
+        normalised): the newest clean frame at or before each frame. Clean frames (a committed frame, a memory
+        frame) are their own anchor, so `anchor` may be left out when every frame is clean; frames being denoised
+        need it given."""
+        cfg = self.cfg
         if anchor is not None:
-            if self.cfg.linear_state_dynamics and "action_sum" not in anchor:
-                raise ValueError("anchor: a model with linear_state_dynamics needs anchor['action_sum'] (B, T, A), "
-                                 "the env actions summed since each frame's anchor")
-            return anchor["latents"], anchor["state"], anchor.get("action_sum")
+            for name, flag, needed, what in (
+                    ("action_sum", "linear_state_dynamics", cfg.linear_state_dynamics,
+                     "(B, T, A), the env actions summed since each frame's anchor"),
+                    ("command", "condition_on_command", cfg.condition_on_command,
+                     "(B, T, P), each frame's commanded pose, normalised (worldmodel/command.py)")):
+                if needed and name not in anchor:
+                    raise ValueError(f"anchor: a model with {flag} needs anchor[{name!r}] {what}")
+            offset = None
+            if cfg.condition_on_command:
+                offset = anchor["command"] - anchor["state"][..., list(cfg.pose_indices)]
+            return anchor["latents"], anchor["state"], anchor.get("action_sum"), offset
         if bool((noise_level > 0).any()):
             raise ValueError("anchor: frames with noise_level > 0 need their anchor (the newest clean frame before "
                              "them) when the model predicts residuals or conditions on state")
-        return latents, state, None  # (a frame that is its own anchor: no actions since)
+        # A clean frame is its own anchor: no actions since it, and it is where it was commanded to be.
+        offset = state.new_zeros(*state.shape[:2], len(cfg.pose_indices)) if cfg.condition_on_command else None
+        return latents, state, None, offset
 
     def linear_state_change(self, action_sum, action_mask, B: int, T: int) -> torch.Tensor:
         """The linear part of the state change, from the actions since the anchor. -> (B, T, S) normalised."""
@@ -482,16 +541,19 @@ class VideoDiT(ModelMixin, ConfigMixin):
         camera_pose: torch.Tensor | None = None,  # (B, T, V, 12) world-to-camera extrinsics (3x4)
         context: KVContext | None = None,  # clean earlier frames, all visible
         memory: dict | None = None,  # retrieved frames, encoded alone: see encode_memory
-        anchor: dict | None = None,  # {"latents": (B,T,V,C,H,W), "state": (B,T,S) normalised, "action_sum": (B,T,A)}
+        anchor: dict | None = None,  # {"latents": (B,T,V,C,H,W), "state": (B,T,S) normalised, "action_sum": (B,T,A),
+        #                                "command": (B,T,P) normalised}
         return_kv: bool = False,
     ):
         cfg = self.cfg
         self.check_inputs(latents, state, noise_level, actions)
-        anchor_latents, anchor_state, action_sum = (self.anchors(latents, state, noise_level, anchor)
-                                                    if cfg.uses_anchor else (None, None, None))
+        anchor_latents, anchor_state, action_sum, command_offset = (
+            self.anchors(latents, state, noise_level, anchor) if cfg.uses_anchor else (None, None, None, None))
+        B, T, V = latents.shape[:3]
+        if command_offset is not None and action_mask is not None:  # the command comes from the actions
+            command_offset = command_offset * action_mask.reshape(B, -1).expand(B, T)[..., None].to(command_offset.dtype)
         if memory is not None:
             context = KVContext.concat([self.encode_memory(**memory), context])
-        B, T, V = latents.shape[:3]
         N, L, p = cfg.tokens_per_view, cfg.tokens_per_frame, cfg.patch_size
 
         # Tokens: patches of every view (+ view, spatial, camera-pose embeddings) and one state token.
@@ -508,7 +570,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         state_tok = (self.state_embed(state_in) + self.state_token)[:, :, None]  # (B, T, 1, D)
         x = torch.cat([x, state_tok], dim=2)  # (B, T, L, D)
 
-        c = self.frame_conditioning(noise_level, actions, actions_is_pad, action_mask, anchor_state)  # (B, T, D)
+        c = self.frame_conditioning(noise_level, actions, actions_is_pad, action_mask, anchor_state,
+                                    command_offset)  # (B, T, D)
 
         if frame_pos is None:
             start = context.frame_pos.max(dim=1, keepdim=True).values + 1 if context is not None else 0
@@ -539,6 +602,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
             out_latents, out_state = anchor_latents + out_latents, anchor_state + out_state
             if cfg.linear_state_dynamics and action_sum is not None:
                 out_state = out_state + self.linear_state_change(action_sum, action_mask, B, T)
+            if cfg.condition_on_command:  # zeros for clean frames still pass through (DDP sees every parameter)
+                out_state = out_state + self.command_to_state(command_offset)
         out = {"latents": out_latents, "state": out_state}  # (B,T,V,C,H,W), (B,T,S)
         if return_kv:
             out["kv"] = KVContext(new_keys, new_values, token_pos)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worldmodel.diffusion import euler_step, guided_prediction, noise_levels
+from worldmodel.diffusion import euler_step, guided_prediction, noise_levels, rollout_commands
 from worldmodel.memory import MemoryConfig, PoseMemory
 from worldmodel.model import KVContext, VideoDiT
 
@@ -100,6 +100,9 @@ class StreamingSampler:
         self.last_state = torch.zeros(B, mc.state_dim, device=dev)  # raw state of the newest clean frame
         self.last_latents = torch.zeros(B, *self.latent_shape, device=dev)  # and its latents (the anchor)
         self.first_latents = torch.zeros(B, *self.latent_shape, device=dev)  # the rollout's first frame
+        # The commanded pose after the newest clean frame (worldmodel/command.py), raw: it starts at the pose of the
+        # rollout's last observed frame and follows the actions.
+        self.command = torch.zeros(B, len(self.pose_indices), device=dev)
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # naive mode
         self.passes = 0  # forward passes over new frames (for benchmarks)
 
@@ -121,7 +124,7 @@ class StreamingSampler:
         # 0, and 0 x NaN is NaN, so anything a broken rollout left in its cache would survive the reset.
         for buffer in (*self.sink_k, *self.sink_v, *self.recent_k, *self.recent_v):
             buffer[rows] = 0.0
-        for buffer in (self.last_state, self.last_latents, self.first_latents):
+        for buffer in (self.last_state, self.last_latents, self.first_latents, self.command):
             buffer[rows] = 0.0
         self.memory.clear(rows)
         self.frames_done[rows] = 0
@@ -131,6 +134,8 @@ class StreamingSampler:
         no_actions = torch.zeros(B, 1, self.model.cfg.frame_stride, self.model.cfg.action_dim, device=self.device)
         for j in range(K):  # observed frames enter exactly like generated ones: one clean pass each
             self._commit(latents[:, j], state[:, j], no_actions[:, 0], active=rows)
+        # A rollout starts where it was commanded to be (at rest: the controller's target is the pose itself).
+        self.command = torch.where(rows[:, None], state[:, -1, self.pose_indices].to(self.command), self.command)
 
     # -- context -------------------------------------------------------------------------------------
     def _relative(self, steps: torch.Tensor, first_new: torch.Tensor) -> torch.Tensor:
@@ -217,6 +222,9 @@ class StreamingSampler:
             self.recent_valid[rows[to_recent], recent_slot[to_recent]] = True
         if cfg.memory.k > 0 and self.use_cache:
             self.memory.store(latents, state, state[:, self.pose_indices], step, active=active)
+        if self.model.cfg.condition_on_command:
+            moved = rollout_commands(self.model, self.command, actions[:, None])[:, 0]
+            self.command = torch.where(active[:, None], moved, self.command)
         self.last_state = torch.where(active[:, None], state, self.last_state)
         self.last_latents = torch.where(active.reshape(B, 1, 1, 1, 1), latents, self.last_latents)
         is_first = (active & (step == 0)).reshape(B, 1, 1, 1, 1)
@@ -249,6 +257,8 @@ class StreamingSampler:
                   "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1),
                   # the frames being denoised follow the anchor one after another: actions since it accumulate
                   "action_sum": actions.sum(dim=2).cumsum(dim=1)}
+        if self.model.cfg.condition_on_command:  # and so do their commands
+            anchor["command"] = self.model.normalize_pose(rollout_commands(self.model, self.command, actions))
         return guided_prediction(self.model, x, s, t, actions, None, self.config.guidance_scale,
                                  frame_pos=pos, context=context, anchor=anchor)
 

@@ -49,6 +49,7 @@ class ModelSpec:
     residual_from_first_frame: bool | None = None
     linear_state_dynamics: bool | None = None
     deterministic_state: bool | None = None
+    condition_on_command: bool | None = None
 
 
 @dataclass
@@ -185,13 +186,15 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
     sizes = dict(hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads, patch_size=spec.patch_size,
                  predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state,
                  residual_from_first_frame=spec.residual_from_first_frame,
-                 linear_state_dynamics=spec.linear_state_dynamics, deterministic_state=spec.deterministic_state)
+                 linear_state_dynamics=spec.linear_state_dynamics, deterministic_state=spec.deterministic_state,
+                 condition_on_command=spec.condition_on_command)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
         action_dim=clips.action_dim, frame_stride=cfg.dataset.frame_stride, state_dim=clips.state_dim,
         camera_keys=clips.camera_keys, image_size=cfg.dataset.image_size, fps=clips.fps,
-        pose_indices=list(cfg.dataset.pose_indices), action_to_pose=clips.action_to_pose(), action_names=clips.action_names,
+        pose_indices=list(cfg.dataset.pose_indices), action_to_pose=clips.action_to_pose(),
+        command_gain=clips.command_gain(), action_names=clips.action_names,
         codec=codec.packaged_description(), **clips.stats,
     )
 
@@ -206,11 +209,13 @@ def validate(model: VideoDiT, codec, clips: ClipDataset, n_clips: int, num_steps
     images, T = batch["images"], batch["images"].shape[1]
     latents = codec.encode(images)
     generator = torch.Generator(device=device).manual_seed(0)
+    command = batch.get("command")  # the recorded commands (clips start inside episodes, not at rest)
     one_step, _ = sample_full_sequence(model, latents[:, :-1], batch["state"][:, :-1], batch["actions"],
-                                       num_steps, actions_is_pad=batch["actions_is_pad"], generator=generator)
+                                       num_steps, actions_is_pad=batch["actions_is_pad"], generator=generator,
+                                       command=command)
     open_loop, open_loop_state = sample_full_sequence(model, latents[:, :1], batch["state"][:, :1], batch["actions"],
                                                       num_steps, actions_is_pad=batch["actions_is_pad"],
-                                                      generator=generator)
+                                                      generator=generator, command=command)
     one_step_img, open_loop_img = codec.decode(one_step), codec.decode(open_loop)
     per_horizon = psnr(open_loop_img, images[:, 1:]).mean(dim=(0, 2))  # (T-1,)
     metrics = {
@@ -294,6 +299,9 @@ def start_run(cfg: TrainConfig) -> Run:
                 clips.attach_latents(codec, device=accelerator.device)
     model_config = model_config_for(cfg, train_clips, codec)
     model = make_model(model_config)
+    if model_config.condition_on_command:  # the training set's gain for every clip, held-out ones included
+        for clips in filter(None, (train_clips, val_clips)):
+            clips.attach_commands(*model.command_parameters())
     resolved = {"train": asdict(cfg), "model": asdict(model_config),
                 "episodes": {"train": train_episodes, "val": val_episodes}}
     if accelerator.is_main_process:
@@ -346,7 +354,7 @@ def training_step(run: Run, batch: dict, diffusion: FlowMatching) -> dict:
                       "frame_pos": batch["memory_offset"].clamp(min=-unwrapped.cfg.max_offset),
                       "valid": batch["memory_valid"]}
         loss, logs = diffusion.loss(run.model, latents, state, batch["actions"], batch["actions_is_pad"],
-                                    run.noise.generator, memory)
+                                    run.noise.generator, memory, batch.get("command"))
     accelerator.backward(loss)
     if accelerator.sync_gradients:
         accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)

@@ -25,7 +25,8 @@ def seeded_model():
     """The tiny preset's design at test size, every weight drawn from a fixed seed (nothing zero)."""
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=16), num_views=V,
-                       latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"])
+                       latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"],
+                       command_gain=(0.05 * torch.eye(A)).tolist())  # the commanded pose moves with the actions
     model = make_model(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -37,7 +38,8 @@ def inputs():
     g = torch.Generator().manual_seed(1)
     return {"latents": torch.rand(B, T, V, 3, SIZE, SIZE, generator=g) * 2 - 1,
             "state": torch.randn(B, T, S, generator=g), "actions": torch.rand(B, T, STRIDE, A, generator=g) * 2 - 1,
-            "memory_latents": torch.rand(B, 2, V, 3, SIZE, SIZE, generator=g) * 2 - 1}
+            "memory_latents": torch.rand(B, 2, V, 3, SIZE, SIZE, generator=g) * 2 - 1,
+            "command": torch.randn(B, T, 4, generator=g)}
 
 
 @torch.no_grad()
@@ -46,7 +48,8 @@ def compute() -> dict[str, torch.Tensor]:
     memory = {"latents": x["memory_latents"], "state": torch.zeros(B, 2, S), "frame_pos": -torch.ones(B, 2) * 3,
               "valid": torch.ones(B, 2, dtype=torch.bool)}
     loss, parts = FlowMatching(DiffusionConfig()).loss(model, x["latents"], x["state"], x["actions"],
-                                                       generator=torch.Generator().manual_seed(2), memory=memory)
+                                                       generator=torch.Generator().manual_seed(2), memory=memory,
+                                                       command=x["command"])
     sampler = StreamingSampler(model, SamplerConfig(steps=2, window=2, recent_frames=3,
                                                     memory=MemoryConfig(k=1, capacity=8)), B)
     sampler.reset(x["latents"][:, :1], x["state"][:, :1])
