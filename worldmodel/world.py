@@ -7,6 +7,10 @@
 Rollouts are independent: `reset(observations, rollouts=mask)` restarts some of them while the others
 keep going, so a batch holds rollouts at different steps. Everything is batched tensor code: there is
 no Python loop over rollouts.
+
+A model told the commanded pose (VideoDiTConfig.condition_on_command) starts each rollout's command at the
+pose of its reset frame, as a robot at rest is where it is commanded to be: reset from frames where the
+robot is still (an episode's first frame, a real env's reset), not from the middle of a fast motion.
 """
 
 from __future__ import annotations
