@@ -88,6 +88,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
          "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
          "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=true",
          "--model.condition_on_command=true"]),
+    "commanded_pose_balanced_state": (
+        "commanded_pose + each state dimension's error weighted by the inverse variance of its change over one frame "
+        "(mean weight 1 over the dimensions that change): the puck's position weighs ~30x its quaternion",
+        ["--model.patch_size=16", "--model.predict_residual=true", "--model.condition_on_state=true",
+         "--model.residual_from_first_frame=true", "--model.linear_state_dynamics=true", "--dataset.memory_frames=3",
+         "--train.batch_size=16", "--diffusion.noisy_anchor=false", "--model.deterministic_state=true",
+         "--model.condition_on_command=true", "--diffusion.balance_state_dims=true"]),
 }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from eval.fidelity import HAND, kinematic_model
+from eval.fidelity import HAND, OBJECT, kinematic_model
 from eval.report import write_result
 from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.diffusion import sample_full_sequence
@@ -44,9 +44,11 @@ class StateDriftConfig:
 
 
 def teacher_forced_errors(model: VideoDiT, clips: ClipDataset, cfg: StateDriftConfig, dead_reckoning) -> dict:
-    """Hand error (m) k = 1..frames_ahead frames after real frames: {"model": (N, k), "dead_reckoning": (N, k)}."""
+    """Hand and object error (m) k = 1..frames_ahead frames after real frames: {"model": (N, k), "dead_reckoning":
+    (N, k)} (dead reckoning moves the hand by the actions and holds the object still), and the same for the object
+    under "object_model" / "object_held_still"."""
     stride, F = model.cfg.frame_stride, cfg.frames_ahead
-    errors = {"model": [], "dead_reckoning": []}
+    errors = {"model": [], "dead_reckoning": [], "object_model": [], "object_held_still": []}
     for position, length in enumerate(clips.cache.episode_length):
         starts = range(0, int(length) - (F + 1) * stride, cfg.every * stride)
         batch = [clips.clip(position, int(s)) for s in starts]
@@ -59,6 +61,9 @@ def teacher_forced_errors(model: VideoDiT, clips: ClipDataset, cfg: StateDriftCo
                                                 generator=torch.Generator().manual_seed(cfg.seed), command=command)
         real = state[:, 1:, HAND].numpy()
         errors["model"].append(np.linalg.norm(predicted[..., HAND].numpy() - real, axis=-1))
+        real_object = state[:, 1:, OBJECT].numpy()
+        errors["object_model"].append(np.linalg.norm(predicted[..., OBJECT].numpy() - real_object, axis=-1))
+        errors["object_held_still"].append(np.linalg.norm(state[:, :1, OBJECT].numpy() - real_object, axis=-1))
         reckoned, current = [], state[:, 0].numpy().astype(np.float64)
         for f in range(1, F + 1):
             current = dead_reckoning(current, actions[:, f].numpy())
@@ -79,10 +84,13 @@ def state_drift(cfg: StateDriftConfig) -> dict:
         clips.attach_commands(*model.command_parameters())
     train = ClipDataset(replace(cfg.baseline_dataset, clip_frames=2, **view))
     errors = teacher_forced_errors(model, clips, cfg, kinematic_model(train))
+    hand = {k: errors[k] for k in ("model", "dead_reckoning")}
+    obj = {k.removeprefix("object_"): errors[k] for k in ("object_model", "object_held_still")}
     result = {"run": cfg.run, "model": cfg.model, "dataset": cfg.dataset.root, "episodes": cfg.episodes,
               "starts": int(len(errors["model"])), "frames_ahead": list(range(1, cfg.frames_ahead + 1)),
-              "hand_error_m": {k: v.mean(0).round(5).tolist() for k, v in errors.items()},
-              "hand_error_median_m": {k: np.median(v, 0).round(5).tolist() for k, v in errors.items()},
+              "hand_error_m": {k: v.mean(0).round(5).tolist() for k, v in hand.items()},
+              "hand_error_median_m": {k: np.median(v, 0).round(5).tolist() for k, v in hand.items()},
+              "object_error_m": {k: v.mean(0).round(5).tolist() for k, v in obj.items()},
               "seconds": time.time() - started,
               "command": f"python -m eval.state_drift --model={cfg.model} --dataset.root={cfg.dataset.root} "
                          f"--dataset.repo_id={cfg.dataset.repo_id} --baseline_dataset.root={cfg.baseline_dataset.root} "
@@ -90,11 +98,13 @@ def state_drift(cfg: StateDriftConfig) -> dict:
     ahead = " | ".join(str(k) for k in result["frames_ahead"])
     lines = [f"# Teacher-forced state error: {cfg.run}", "",
              f"Model `{cfg.model}`; {result['starts']} starts on {cfg.episodes} held-out tours of `{cfg.dataset.root}`. "
-             "From a real frame and state, the hand k frames later (cm, mean over starts), predicted from the "
-             "recorded actions, beside dead reckoning from the same real hand (eval.fidelity's state_kinematic).", "",
+             "From a real frame and state, the hand and the object k frames later (cm, mean over starts), predicted "
+             "from the recorded actions, beside dead reckoning from the same real hand (eval.fidelity's "
+             "state_kinematic) and the object held where it was.", "",
              f"| frames ahead | {ahead} |", "| --- |" + " ---: |" * cfg.frames_ahead]
-    for name, values in result["hand_error_m"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in values) + " |")
+    for part in ("hand", "object"):
+        for name, values in result[f"{part}_error_m"].items():
+            lines.append(f"| {part}, {name.replace('_', ' ')} | " + " | ".join(f"{100 * v:.2f}" for v in values) + " |")
     lines += ["", f"`{result['command']}` ({result['seconds']:.0f} s)."]
     write_result(f"{cfg.results_dir}/state_drift_{cfg.run}.json", result, lines)
     return result

@@ -203,3 +203,21 @@ def test_a_deterministic_state_is_trained_by_its_plain_squared_error():
     for seed in range(3):  # other noise levels, same state loss
         _, parts = fm.loss(model, latents, state, actions, generator=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(parts["state_loss"], expected)
+
+
+def test_balanced_state_weights_follow_how_much_each_dimension_changes():
+    """balance_state_dims: a dimension that changes half as much per frame weighs 4x as much; dimensions that never
+    change keep weight 1; an untrained residual model's state loss is the weighted squared change."""
+    from worldmodel.diffusion import balanced_state_weight
+
+    weight = balanced_state_weight(torch.tensor([0.2, 0.1, 0.0]), torch.tensor([1.0, 1.0, 1.0]))
+    torch.testing.assert_close(weight, torch.tensor([0.4, 1.6, 1.0]))
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
+                                    residual_from_first_frame=False, linear_state_dynamics=False,
+                                    deterministic_state=True, condition_on_command=False),
+                       num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+    model = make_model(cfg)
+    state_weight = torch.rand(39) * 3
+    latents, actions, state = torch.zeros(3, 2, 1, 3, 8, 8), torch.randn(3, 2, 2, 4), torch.randn(3, 2, 39)
+    _, parts = FlowMatching(DiffusionConfig(), state_weight).loss(model, latents, state, actions)
+    torch.testing.assert_close(parts["state_loss"], ((state[:, 1] - state[:, 0]).pow(2) * state_weight).mean())

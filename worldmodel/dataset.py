@@ -458,6 +458,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def _episodes(self, array: np.ndarray) -> list[np.ndarray]:
         return [array[s:s + n] for s, n in zip(self.cache.episode_start, self.cache.episode_length)]
 
+    def state_change_std(self) -> np.ndarray:
+        """(S,) standard deviation of each state dimension's change over one world-model frame (frame_stride env
+        steps), over every cached episode."""
+        stride = self.cfg.frame_stride
+        changes = [s[stride:] - s[:-stride] for s in self._episodes(self.cache.states) if len(s) > stride]
+        return np.concatenate(changes).std(axis=0)
+
     def command_gain(self) -> list[list[float]]:
         """(A, P) gain of the commanded pose (worldmodel.command), fitted on every cached episode."""
         poses = self._episodes(self.cache.states[:, list(self.cfg.pose_indices)])

@@ -47,6 +47,11 @@ class DiffusionConfig:
     # the target change and nothing in the clip explains it; pictures anchored on the first frame
     # (residual_from_first_frame) do not compound errors in the first place.
     noisy_anchor: bool = False
+    # Weight each state dimension's error by the inverse variance of its change over one world-model frame in the
+    # training set (normalised to a mean weight of 1): a residual state is trained on changes, and with the state's
+    # own statistics the puck's quaternion, which tumbles, changes 10-30x more (in its units) than the puck's
+    # position, so the loss barely sees where the puck is (eval/results/state_drift_cpu_tiny.md).
+    balance_state_dims: bool = False
 
 
 def noise_levels(steps: int, device=None) -> torch.Tensor:
@@ -93,8 +98,9 @@ class GeneratorState:
 
 
 class FlowMatching:
-    def __init__(self, config: DiffusionConfig | None = None):
+    def __init__(self, config: DiffusionConfig | None = None, state_weight: torch.Tensor | None = None):
         self.config = config or DiffusionConfig()
+        self.state_weight = state_weight  # (S,) per-dimension weights of the state error (balance_state_dims)
 
     def sample_noise_levels(self, B: int, T: int, device, generator: torch.Generator | None = None,
                             always_context: bool = False):
@@ -154,15 +160,29 @@ class FlowMatching:
         latent_err = (velocity(noisy_latents, out["latents"].float(), t, min_t)
                       - velocity(noisy_latents, latents, t, min_t)).pow(2).mean(dim=(2, 3, 4, 5))  # (B, T)
         if mc.deterministic_state:  # regressed: the plain error of the state, whatever the frame's noise level
-            state_err = (out["state"].float() - state0).pow(2).mean(dim=2)  # (B, T)
+            state_sq = (out["state"].float() - state0).pow(2)  # (B, T, S)
         else:
-            state_err = (velocity(noisy_state, out["state"].float(), t, min_t)
-                         - velocity(noisy_state, state0, t, min_t)).pow(2).mean(dim=2)  # (B, T)
+            state_sq = (velocity(noisy_state, out["state"].float(), t, min_t)
+                        - velocity(noisy_state, state0, t, min_t)).pow(2)  # (B, T, S)
+        if self.state_weight is not None:
+            state_sq = state_sq * self.state_weight.to(state_sq.device)
+        state_err = state_sq.mean(dim=2)  # (B, T)
         denom = weight.sum().clamp(min=1)
         latent_loss = (latent_err * weight).sum() / denom
         state_loss = (state_err * weight).sum() / denom
         loss = latent_loss + self.config.state_loss_weight * state_loss
         return loss, {"loss": loss.detach(), "latent_loss": latent_loss.detach(), "state_loss": state_loss.detach()}
+
+
+def balanced_state_weight(change_std: torch.Tensor, state_std: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """(S,) weights for balance_state_dims: 1 / (each dimension's change over one frame, in units of its own std)^2,
+    scaled to a mean of 1 over the dimensions that change (by `floor` std or more); the others (constants, padding)
+    keep weight 1: their error is only the network's noise."""
+    change = change_std / state_std
+    changes = change >= floor
+    weight = 1.0 / change.clamp(min=floor).pow(2)
+    weight = weight / weight[changes].mean() if bool(changes.any()) else torch.ones_like(weight)
+    return torch.where(changes, weight, torch.ones_like(weight))
 
 
 def clip_anchors(latents: torch.Tensor, state: torch.Tensor, is_future: torch.Tensor,

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from worldmodel.codec import DiffusersAutoencoderCodec, PixelCodec
 from worldmodel.dataset import ClipDataset, DatasetConfig, check_local_root
-from worldmodel.diffusion import DiffusionConfig, FlowMatching, GeneratorState, sample_full_sequence
+from worldmodel.diffusion import (DiffusionConfig, FlowMatching, GeneratorState, balanced_state_weight,
+                                  sample_full_sequence)
 from worldmodel.atomic import write_json_atomic, write_text_atomic
 from worldmodel.metrics import psnr
 from worldmodel.model import PRESETS, VideoDiT, build_config, make_model
@@ -250,6 +251,7 @@ class Run:
     codec: torch.nn.Module
     val_clips: ClipDataset | None
     resolved: dict  # the resolved config written beside every checkpoint
+    state_weight: torch.Tensor | None = None  # per-dimension state loss weights (diffusion.balance_state_dims)
     step: int = 0
     wall_before: float = 0.0  # training seconds of earlier runs of this output_dir
     started: float = field(default_factory=time.time)
@@ -322,7 +324,12 @@ def start_run(cfg: TrainConfig) -> Run:
     # RNG is also drawn by DataLoader iterators, whose creation points differ after a mid-epoch resume.
     noise = GeneratorState(loop.seed * 1000 + accelerator.process_index, accelerator.device)
     accelerator.register_for_checkpointing(ema, noise)
-    run = Run(cfg, out, accelerator, model, optimizer, scheduler, loader, ema, noise, codec, val_clips, resolved)
+    state_weight = None
+    if cfg.diffusion.balance_state_dims:
+        state_weight = balanced_state_weight(torch.as_tensor(train_clips.state_change_std(), dtype=torch.float32),
+                                             torch.tensor(model_config.state_std, dtype=torch.float32))
+    run = Run(cfg, out, accelerator, model, optimizer, scheduler, loader, ema, noise, codec, val_clips, resolved,
+              state_weight=state_weight)
     if cfg.resume and latest_file.exists():
         run.step, run.wall_before = resume_from_checkpoint(accelerator, latest_file.parent)
         if run.is_main:
@@ -463,7 +470,7 @@ def write_summary(run: Run, start_step: int, clips_seen: int, elapsed: float) ->
 
 def train(cfg: TrainConfig) -> Path:
     run = start_run(cfg)
-    loop, accelerator, diffusion = cfg.train, run.accelerator, FlowMatching(cfg.diffusion)
+    loop, accelerator, diffusion = cfg.train, run.accelerator, FlowMatching(cfg.diffusion, run.state_weight)
     if run.is_main:
         accelerator.init_trackers("worldmodel")
     run.model.train()
