@@ -39,7 +39,8 @@ def test_autoencoder_kl_codec_from_a_saved_folder(tmp_path):
                        num_views=2,
                        latent_channels=4, latent_size=8, image_size=32, frame_stride=3, codec=codec.description())
     model = make_model(cfg)
-    loss, _ = FlowMatching().loss(model, latents, torch.randn(2, 3, 39), torch.randn(2, 3, 3, 4))
+    loss, _ = FlowMatching().loss(model, latents, torch.randn(2, 3, 39), torch.randn(2, 3, 3, 4),
+                                  command=torch.randn(2, 3, 4))
     loss.backward()
     assert torch.isfinite(loss) and model.out_latent.weight.grad.abs().sum() > 0
 

@@ -64,12 +64,14 @@ def test_the_trained_residual_model_predicts_change_better_than_copying(trained,
     model = VideoDiT.from_pretrained(trained / "model").eval()
     assert model.cfg.predict_residual
     copy = VideoDiT.from_pretrained(trained / "model").eval()
-    for layer in (copy.out_latent, copy.out_state, copy.actions_to_state):  # every output path at zero
+    # every output path at zero (the commanded pose's too): the model that copies its anchor
+    for layer in (copy.out_latent, copy.out_state, copy.actions_to_state, copy.command_to_state):
         layer.weight.zero_()
         layer.bias.zero_()
     clips = ClipDataset(DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny",
                                       camera_keys=["corner", "gripperPOV"], image_size=32, frame_stride=3,
                                       clip_frames=4, memory_frames=2, episodes=[0, 1]))
+    clips.attach_commands(*model.command_parameters())
     batch = torch.utils.data.default_collate([clips[i] for i in range(0, len(clips), 3)])
 
     def loss(m):
@@ -77,7 +79,8 @@ def test_the_trained_residual_model_predicts_change_better_than_copying(trained,
         memory = {"latents": batch["memory_images"], "state": m.normalize_state(batch["memory_state"]),
                   "frame_pos": batch["memory_offset"], "valid": batch["memory_valid"]}
         return sum(FlowMatching().loss(m, batch["images"], m.normalize_state(batch["state"]), batch["actions"],
-                                       batch["actions_is_pad"], generator, memory)[0].item() for _ in range(4))
+                                       batch["actions_is_pad"], generator, memory, batch["command"])[0].item()
+                   for _ in range(4))
 
     assert loss(model) < 0.8 * loss(copy), (loss(model), loss(copy))
 
