@@ -34,7 +34,7 @@ from worldmodel.atomic import write_json_atomic, write_text_atomic
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
 from worldmodel.judge import StateDistanceJudge, SuccessJudge, judge_window
-from worldmodel.metrics import bootstrap_ranking_metrics
+from worldmodel.metrics import SuccessRule, bootstrap_ranking_metrics
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
 from worldmodel.world import WorldModel
@@ -58,6 +58,8 @@ class RankConfig:
     results_dir: str = "eval/results"
     resume: bool = False
     device: str | None = None
+    # When an episode is a success, from its per-frame flags: the same rule for real and imagined episodes.
+    success: SuccessRule = field(default_factory=SuccessRule)
 
 
 def camera_names(model: VideoDiT) -> list[str]:
@@ -81,10 +83,11 @@ def judge_frames(observations: list[dict], keys: list[str], k: int):
 
 def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool):
     """One real episode; observations kept every `stride` steps (what the world model would draw). The
-    family's policies read the state, so the cameras are rendered only for the kept steps."""
+    family's policies read the state, so the cameras are rendered only for the kept steps. -> initial
+    observation, kept observations, the simulator's success flag at every kept frame, reward sum and max."""
     obs, _ = env.reset(seed=seed)
     policy.reset(seed=seed)
-    initial, kept, info = obs, [obs], {"is_success": False}
+    initial, kept, flags = obs, [obs], []
     reward_sum, reward_max = 0.0, -np.inf
     for t in range(steps):
         step = env.step if (t + 1) % stride == 0 else env.step_state_only
@@ -92,7 +95,8 @@ def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: b
         reward_sum, reward_max = reward_sum + reward, max(reward_max, reward)
         if (t + 1) % stride == 0:
             kept.append(obs)
-    return initial, kept if keep_frames else kept[-2:], bool(info["is_success"]), reward_sum, reward_max
+            flags.append(bool(info["is_success"]))
+    return initial, kept if keep_frames else kept[-2:], flags, reward_sum, reward_max
 
 
 def side_by_side_gif(real: list[dict], imagined: list[dict], keys: list[str]) -> str:
@@ -155,10 +159,11 @@ def run_real_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, vide
     real = {}
     for name, e in tqdm(pairs, desc="real episodes", unit="episode"):
         policy = make_family(cfg.task, names=[name])[0]
-        initial, kept, success, rsum, rmax = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
-                                                          keep_frames=e < cfg.videos_per_policy)
+        initial, kept, flags, rsum, rmax = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
+                                                        keep_frames=e < cfg.videos_per_policy)
         frames, states = judge_frames(kept, keys, judge_window(judge))
-        real[(name, e)] = {"initial": initial, "success": success, "reward_sum": rsum, "reward_max": rmax,
+        real[(name, e)] = {"initial": initial, "success": bool(cfg.success(flags)), "success_frames": flags,
+                           "reward_sum": rsum, "reward_max": rmax,
                            "judge_on_real": bool(torch.as_tensor(judge(frames, states, cfg.task))[0] >= 0.5)}
         if e < cfg.videos_per_policy:
             videos[(name, e)] = [kept]
@@ -169,7 +174,8 @@ def run_real_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, vide
 def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, real: dict, seed: int,
                        keep_video: set) -> tuple[dict, dict, np.ndarray, dict]:
     """One batch of (policy, episode) pairs rolled out together in the world model from their real twins'
-    initial observations. -> final observations, last info, summed rewards, kept frames per pair."""
+    initial observations. -> per-frame success flags (B, frames) of the judge and of the simulator's rule on the
+    predicted state, the last info, summed rewards, kept frames per pair."""
     keys, stride, B = list(model.cfg.camera_keys), model.cfg.frame_stride, len(batch)
     world = WorldModel(model, cfg.sampler, batch_size=B, device=cfg.device, seed=seed)
     imagined_env = ImaginedVectorEnv(world, judge, cfg.max_episode_steps, task=cfg.task)
@@ -183,6 +189,7 @@ def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, rea
         policy.reset(seed=seed)
     recorded = {pair: [{k: obs[k][row] for k in obs}] for row, pair in enumerate(batch) if pair in keep_video}
     rewards = np.zeros(B)
+    judged, state_rule = [], []  # per frame: the judge's verdict, the simulator's rule on the predicted state
     for t in range(cfg.max_episode_steps):
         actions = np.zeros((B, model.cfg.action_dim), np.float32)
         for name, rows in groups.items():
@@ -190,10 +197,12 @@ def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, rea
         obs, reward, _, _, info = imagined_env.step(actions)
         rewards += reward
         if (t + 1) % stride == 0:
+            judged.append(np.asarray(info["is_success"], bool))
+            state_rule.append(np.asarray(StateDistanceJudge()(None, obs["observation.state"][:, None])) >= 0.5)
             for row, pair in enumerate(batch):
                 if pair in recorded:
                     recorded[pair].append({k: obs[k][row] for k in obs})
-    return obs, info, rewards, recorded
+    return np.stack(judged, 1), np.stack(state_rule, 1), info, rewards, recorded
 
 
 def run_imagined_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, real: dict, videos: dict,
@@ -202,17 +211,20 @@ def run_imagined_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, 
     `episodes_file` (what `--resume=true` keeps)."""
     for lo in tqdm(range(0, len(pairs), cfg.batch_size), desc="imagined batches", unit="batch"):
         batch = pairs[lo:lo + cfg.batch_size]
-        obs, info, rewards, recorded = run_imagined_batch(cfg, model, judge, batch, real, cfg.seed + lo, set(videos))
-        # A second opinion on every imagined ending: the simulator's own success rule applied to the state
-        # the model predicted (agreement with the judge says whether frames and state tell the same story).
-        state_rule = np.asarray(StateDistanceJudge()(None, obs["observation.state"][:, None])) >= 0.5
+        judged, state_rule, info, rewards, recorded = run_imagined_batch(cfg, model, judge, batch, real,
+                                                                         cfg.seed + lo, set(videos))
+        # A second opinion on every imagined episode: the simulator's own success rule applied to the state the
+        # model predicted (agreement with the judge says whether frames and state tell the same story). Both go
+        # through cfg.success, like the real twin's flags.
         lines = []
         for row, (name, e) in enumerate(batch):
             r = real[(name, e)]
             record = {"policy": name, "episode": e, "seed": cfg.seed + e, "real_success": r["success"],
-                      "imagined_success": bool(info["is_success"][row]),
+                      "imagined_success": bool(cfg.success(judged[row])),
                       "imagined_success_probability": float(info["success_probability"][row]),
-                      "state_rule_on_imagined": bool(state_rule[row]),
+                      "state_rule_on_imagined": bool(cfg.success(state_rule[row])),
+                      "real_success_frames": r["success_frames"], "imagined_success_frames": judged[row].tolist(),
+                      "state_rule_frames": state_rule[row].tolist(),
                       "judge_on_real": r["judge_on_real"], "real_reward_sum": r["reward_sum"],
                       "imagined_reward_sum": float(rewards[row])}
             lines.append(json.dumps(record) + "\n")
@@ -273,7 +285,10 @@ def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tupl
                f"With the success rule on the predicted state instead of the judge: Pearson r {fmt(sr['pearson'])}, "
                f"Spearman rho {fmt(sr['spearman'])}, MMRV {fmt(sr['mmrv'])}; imagined and real twins end alike "
                f"{sr['episode_agreement']:.2f} of the time."]
-    page = ([f"# Policy ranking in imagination: {cfg.run}", "", f"Model `{cfg.model}`, judge: {judge_name}.", ""]
+    page = ([f"# Policy ranking in imagination: {cfg.run}", "", f"Model `{cfg.model}`, judge: {judge_name}. "
+             f"Success rule, for real and imagined episodes alike: {cfg.success.describe()} (one flag per "
+             "world-model frame: the simulator's for real episodes, the judge's or the state rule's for imagined ones).",
+             ""]
             + table + [""] + [summary[0], "", summary[1], "", f"`{result['command']}`"])
     return page, summary
 
@@ -319,6 +334,7 @@ def write_report(path: Path, cfg: RankConfig, judge_name: str, keys: list, rows:
 {cfg.run}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}
 figure{{display:inline-block;margin:8px}}</style></head><body>
 <h1>Policy ranking in imagination ({cfg.run})</h1><p>Model <code>{cfg.model}</code>; judge: {judge_name};
+success rule (real and imagined alike): {cfg.success.describe()};
 {cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p><p>{summary[0]}</p><p>{summary[1]}</p>
 {scatter_svg(rows)}<table><tr><th>policy</th><th>real</th><th>imagined</th><th>judge agreement</th></tr>{html_table}
 </table><h2>Real vs imagined</h2>{''.join(clips)}</body></html>""")
@@ -345,8 +361,10 @@ def rank(cfg: RankConfig) -> dict:
                   "camera_keys": list(model.cfg.camera_keys), "frame_stride": model.cfg.frame_stride},
         "judge": judge_name, "sampler": asdict(cfg.sampler), "episodes_per_policy": cfg.episodes,
         "max_episode_steps": cfg.max_episode_steps, "seed": cfg.seed, "seconds": time.time() - started,
+        "success_rule": {"last_frames": cfg.success.last_frames, "description": cfg.success.describe()},
         "command": "python -m eval.rank " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items()
-                                                     if k not in ("sampler",) and v is not None),
+                                                     if k not in ("sampler", "success") and v is not None)
+                   + f" --success.last_frames={cfg.success.last_frames}",
     }
     page, sentences = markdown(cfg, judge_name, rows, result)
     write_result(Path(cfg.results_dir) / f"rank_{cfg.run}.json", result, page)

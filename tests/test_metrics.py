@@ -121,3 +121,21 @@ def test_revisit_frames_finds_returns_after_leaving():
     # Leaving only 5 cm (less than `away`) is not leaving.
     short_trip = np.stack([a] * 5 + [np.array([0.05, 0, 0])] * 10 + [a] * 5)
     assert revisit_frames(short_trip, min_gap=12).size == 0
+
+
+def test_the_success_rule_reads_the_last_frames_or_any():
+    """SuccessRule: final frame (default), any of the last k, or any frame; batched over leading dimensions.
+    A success that is lost before the end counts only for the rules that look that far back."""
+    import pytest
+
+    from worldmodel.metrics import SuccessRule
+
+    lost_at_the_end = [False, True, True, False]
+    held = [False, False, True, True]
+    assert not SuccessRule()(lost_at_the_end) and SuccessRule()(held)
+    assert not SuccessRule(last_frames=1)(lost_at_the_end)
+    assert SuccessRule(last_frames=2)(lost_at_the_end) and SuccessRule(last_frames=None)(lost_at_the_end)
+    assert SuccessRule(last_frames=None)([[False] * 4, lost_at_the_end]).tolist() == [False, True]
+    assert "final frame" in SuccessRule().describe() and "last 3" in SuccessRule(3).describe()
+    with pytest.raises(ValueError, match="success.last_frames"):
+        SuccessRule(last_frames=0)

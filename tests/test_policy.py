@@ -118,7 +118,8 @@ def test_wm_eval_ranks_saved_lerobot_policies(tiny_world_model_dir, tiny_dataset
         assert r["imagined_success"] == pytest.approx(np.mean(r["per_episode_success"]))
     rates = {r["policy"]: r["imagined_success"] for r in report["policies"]}
     assert [rates[p] for p in report["ranking"]] == sorted(rates.values(), reverse=True)
-    assert json.loads((tmp_path / "eval.json").read_text())["task"].startswith("Push the puck")
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["task"].startswith("Push the puck") and "final frame" in saved["success_rule"]
 
 
 @torch.no_grad()

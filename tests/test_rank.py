@@ -49,6 +49,20 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
                                                                      ("random", 1)]
     assert [p["real_success"] for p in healed["policies"]] == [p["real_success"] for p in first["policies"]]
 
+    # One success rule for both worlds: every verdict is the configured rule applied to that episode's per-frame
+    # flags (the simulator's for the real twin, the judge's for the imagined one), one flag per world-model frame.
+    from worldmodel.metrics import SuccessRule
+
+    rule = SuccessRule()
+    frames = 12 // 4  # config's max_episode_steps / the model's frame_stride
+    for r in records:
+        assert len(r["real_success_frames"]) == len(r["imagined_success_frames"]) == frames
+        assert r["real_success"] == bool(rule(r["real_success_frames"]))
+        assert r["imagined_success"] == bool(rule(r["imagined_success_frames"]))
+        assert r["state_rule_on_imagined"] == bool(rule(r["state_rule_frames"]))
+    assert "final frame succeeded" in (tmp_path / "results" / "rank_tiny.md").read_text()
+    assert saved["success_rule"]["last_frames"] == 1
+
 
 def test_a_hard_kill_of_rank_keeps_finished_pairs_and_the_resumed_run_completes(tiny_world_model_dir, tmp_path):
     """kill -9 at a random moment after the first imagined batch: episodes.jsonl holds whole records only (a torn

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from worldmodel.dataset import DatasetConfig, start_frames
 from worldmodel.envs.imagined import ImaginedVectorEnv
 from worldmodel.judge import SuccessJudge
+from worldmodel.metrics import SuccessRule
 from worldmodel.model import VideoDiT
 from worldmodel.policy import LeRobotPolicy
 from worldmodel.sampler import SamplerConfig
@@ -40,6 +41,9 @@ class EvalConfig:
     seed: int = 0
     device: str | None = None
     output: str = "outputs/eval/imagined.json"
+    # When an imagined episode is a success, from the judge's verdict on each of its frames (eval.rank applies the
+    # same rule to real episodes).
+    success: SuccessRule = field(default_factory=SuccessRule)
 
 
 def initial_observations(model: VideoDiT, cfg: EvalConfig) -> tuple[dict, str]:
@@ -63,15 +67,19 @@ def evaluate(cfg: EvalConfig) -> dict:
         env = ImaginedVectorEnv(world, judge.probability, cfg.max_episode_steps, task=task)
         obs, _ = env.reset(options={"observations": start})
         policy.reset()
-        for _ in range(cfg.max_episode_steps):
+        flags = []  # (frames, episodes): the judge's verdict on every world-model frame
+        for t in range(cfg.max_episode_steps):
             obs, _, _, _, info = env.step(np.clip(policy.select_action(obs), env.single_action_space.low,
                                                   env.single_action_space.high))
-        results.append({"policy": path, "imagined_success": float(info["is_success"].mean()),
-                        "n_episodes": cfg.episodes, "per_episode_success": info["is_success"].tolist(),
+            if (t + 1) % model.cfg.frame_stride == 0:
+                flags.append(np.asarray(info["is_success"], bool))
+        success = cfg.success(np.stack(flags, axis=1)) if flags else np.zeros(cfg.episodes, bool)
+        results.append({"policy": path, "imagined_success": float(success.mean()),
+                        "n_episodes": cfg.episodes, "per_episode_success": success.tolist(),
                         "per_episode_probability": info["success_probability"].tolist()})
     ranking = [r["policy"] for r in sorted(results, key=lambda r: -r["imagined_success"])]
     report = {"policies": results, "ranking": ranking, "model": cfg.model, "judge": cfg.judge, "task": task,
-              "config": asdict(cfg)}
+              "success_rule": cfg.success.describe(), "config": asdict(cfg)}
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -19,10 +19,39 @@ classic mistake; `mmrv(real=..., imagined=...)` takes keywords to make it hard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import stats
+
+
+@dataclass
+class SuccessRule:
+    """When an episode counts as a success, from its per-frame success flags (one flag per world-model frame: the
+    simulator's `is_success` at that step for a real episode, the judge's verdict on that frame for an imagined
+    one). The same rule is applied to real and imagined episodes, so both answer the same question."""
+
+    # Success if any of the episode's last `last_frames` frames succeeded (1: the final frame); None: any frame.
+    last_frames: int | None = 1
+
+    def __post_init__(self):
+        if self.last_frames is not None and self.last_frames < 1:
+            raise ValueError(f"success.last_frames: expected a positive number of frames or None, got {self.last_frames}")
+
+    def __call__(self, flags) -> np.ndarray:
+        """flags (..., frames) bool -> (...) bool."""
+        flags = np.asarray(flags, dtype=bool)
+        window = flags if self.last_frames is None else flags[..., -self.last_frames:]
+        return window.any(axis=-1)
+
+    def describe(self) -> str:
+        if self.last_frames is None:
+            return "an episode succeeds if any of its frames succeeded"
+        if self.last_frames == 1:
+            return "an episode succeeds if its final frame succeeded"
+        return f"an episode succeeds if any of its last {self.last_frames} frames succeeded"
 
 
 def pearson(real, imagined) -> float:
