@@ -190,6 +190,7 @@ def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, rea
     recorded = {pair: [{k: obs[k][row] for k in obs}] for row, pair in enumerate(batch) if pair in keep_video}
     rewards = np.zeros(B)
     judged, state_rule = [], []  # per frame: the judge's verdict, the simulator's rule on the predicted state
+    rule_on_state = StateDistanceJudge()
     for t in range(cfg.max_episode_steps):
         actions = np.zeros((B, model.cfg.action_dim), np.float32)
         for name, rows in groups.items():
@@ -198,7 +199,7 @@ def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, rea
         rewards += reward
         if (t + 1) % stride == 0:
             judged.append(np.asarray(info["is_success"], bool))
-            state_rule.append(np.asarray(StateDistanceJudge()(None, obs["observation.state"][:, None])) >= 0.5)
+            state_rule.append(np.asarray(rule_on_state(None, obs["observation.state"][:, None])) >= 0.5)
             for row, pair in enumerate(batch):
                 if pair in recorded:
                     recorded[pair].append({k: obs[k][row] for k in obs})

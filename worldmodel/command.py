@@ -32,6 +32,15 @@ def integrate_commands(start: torch.Tensor, actions: torch.Tensor, gain: torch.T
     return torch.stack(out, dim=1) if out else start.new_zeros(start.shape[0], 0, start.shape[1])
 
 
+def one_step_gain(poses: list[np.ndarray], actions: list[np.ndarray]) -> np.ndarray:
+    """(A, P) least-squares pose change per env action over every step of every episode. poses: per episode
+    (L, P); actions: per episode (L, A), action t taken at pose t."""
+    X = np.concatenate([a[:-1] for a in actions]).astype(np.float64)
+    Y = np.concatenate([np.diff(p, axis=0) for p in poses]).astype(np.float64)
+    gain, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    return gain
+
+
 def fit_command_gain(poses: list[np.ndarray], actions: list[np.ndarray], low: np.ndarray, high: np.ndarray,
                      factors=np.linspace(0.5, 3.0, 26)) -> list[list[float]]:
     """(A, P) diagonal-dominant gain whose integrated command stays nearest the recorded pose, per pose
@@ -39,9 +48,7 @@ def fit_command_gain(poses: list[np.ndarray], actions: list[np.ndarray], low: np
     that fit's times the factor with the smallest mean open-loop error over whole episodes. The one-step fit
     alone is biased low (the hand lags its target and stops at the workspace's walls), which a long integration
     would multiply. poses: per episode (L, P) recorded; actions: per episode (L, A), action t taken at pose t."""
-    X = np.concatenate([a[:-1] for a in actions]).astype(np.float64)
-    Y = np.concatenate([np.diff(p, axis=0) for p in poses]).astype(np.float64)
-    one_step, *_ = np.linalg.lstsq(X, Y, rcond=None)  # (A, P)
+    one_step = one_step_gain(poses, actions)  # (A, P)
     A, P = one_step.shape
     gain = np.zeros((A, P))
     lengths = [len(p) for p in poses]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldmodel.command import fit_command_gain, integrate_commands
+from worldmodel.command import fit_command_gain, integrate_commands, one_step_gain
 
 CACHE_FORMAT_VERSION = 1
 
@@ -438,15 +438,8 @@ class ClipDataset(torch.utils.data.Dataset):
         """(A, P) pose change per env action, least squares over every step of every cached episode (the
         robot's own control gain, e.g. MetaWorld's hand moves action[:3] / 100 per step). The sampler's
         memory asks "where will the arm be" with it."""
-        cache, pose = self.cache, list(self.cfg.pose_indices)
-        changes, actions = [], []
-        for start, length in zip(cache.episode_start, cache.episode_length):
-            rows = np.arange(start, start + length - 1)
-            changes.append(cache.states[rows + 1][:, pose] - cache.states[rows][:, pose])
-            actions.append(cache.actions[rows])
-        gain, *_ = np.linalg.lstsq(np.concatenate(actions).astype(np.float64),
-                                   np.concatenate(changes).astype(np.float64), rcond=None)
-        return gain.round(6).tolist()
+        poses = self._episodes(self.cache.states[:, list(self.cfg.pose_indices)])
+        return one_step_gain(poses, self._episodes(self.cache.actions)).round(6).tolist()
 
     def pose_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(P,) lowest and highest pose in the training set (stats.json; else the cached episodes)."""

@@ -331,6 +331,14 @@ class VideoDiT(ModelMixin, ConfigMixin):
         self.register_buffer("action_std", stats(cfg.action_std, cfg.action_dim, 1.0), persistent=False)
         self.register_buffer("state_mean", stats(cfg.state_mean, cfg.state_dim, 0.0), persistent=False)
         self.register_buffer("state_std", stats(cfg.state_std, cfg.state_dim, 1.0), persistent=False)
+        # The commanded pose's gain (A, P) and workspace (P,), built once: the samplers read them every frame.
+        gain = cfg.command_gain if cfg.command_gain is not None else cfg.action_to_pose
+        self.register_buffer("command_gain", torch.tensor(gain, dtype=torch.float32) if gain is not None
+                             else torch.zeros(cfg.action_dim, len(cfg.pose_indices)), persistent=False)
+        has_range = cfg.state_min is not None and cfg.state_max is not None
+        for name, bound in (("pose_low", cfg.state_min), ("pose_high", cfg.state_max)):
+            self.register_buffer(name, torch.tensor(bound, dtype=torch.float32)[list(cfg.pose_indices)]
+                                 if has_range else None, persistent=False)
         self.initialize_weights()
 
     @classmethod
@@ -390,17 +398,11 @@ class VideoDiT(ModelMixin, ConfigMixin):
         return (pose - self.state_mean[index]) / self.state_std[index]
 
     def command_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The commanded pose's gain (A, P) and workspace (P,) x 2 (None when the model carries no range)."""
-        cfg, P = self.cfg, len(self.cfg.pose_indices)
-        gain = cfg.command_gain if cfg.command_gain is not None else cfg.action_to_pose
-        device = self.state_mean.device
-        gain = (torch.tensor(gain, dtype=torch.float32, device=device) if gain is not None
-                else torch.zeros(cfg.action_dim, P, device=device))
-        if cfg.state_min is None or cfg.state_max is None:
-            return gain, None, None
-        index = list(cfg.pose_indices)
-        return (gain, torch.tensor(cfg.state_min, dtype=torch.float32, device=device)[index],
-                torch.tensor(cfg.state_max, dtype=torch.float32, device=device)[index])
+        """The commanded pose's gain (A, P) and workspace (P,) x 2 (None when the model carries no range), in fp32
+        whatever the weights' dtype."""
+        if self.pose_low is None:
+            return self.command_gain.float(), None, None
+        return self.command_gain.float(), self.pose_low.float(), self.pose_high.float()
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
@@ -504,13 +506,12 @@ class VideoDiT(ModelMixin, ConfigMixin):
         need it given."""
         cfg = self.cfg
         if anchor is not None:
-            for name, flag, needed, what in (
-                    ("action_sum", "linear_state_dynamics", cfg.linear_state_dynamics,
-                     "(B, T, A), the env actions summed since each frame's anchor"),
-                    ("command", "condition_on_command", cfg.condition_on_command,
-                     "(B, T, P), each frame's commanded pose, normalised (worldmodel/command.py)")):
-                if needed and name not in anchor:
-                    raise ValueError(f"anchor: a model with {flag} needs anchor[{name!r}] {what}")
+            if cfg.linear_state_dynamics and "action_sum" not in anchor:
+                raise ValueError("anchor: a model with linear_state_dynamics needs anchor['action_sum'] (B, T, A), "
+                                 "the env actions summed since each frame's anchor")
+            if cfg.condition_on_command and "command" not in anchor:
+                raise ValueError("anchor: a model with condition_on_command needs anchor['command'] (B, T, P), each "
+                                 "frame's commanded pose, normalised (worldmodel/command.py)")
             offset = None
             if cfg.condition_on_command:
                 offset = anchor["command"] - anchor["state"][..., list(cfg.pose_indices)]
