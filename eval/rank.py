@@ -49,6 +49,9 @@ class RankConfig:
     episodes: int = 20
     max_episode_steps: int = 120
     seed: int = 1000  # episode e of every policy starts from env seed `seed + e`
+    # Imagination's noise is drawn from seed + the batch's offset + NOISE_STRIDE x noise_seed: another value draws
+    # another imagined sample of the same episodes (eval.ppi's trust signal compares two).
+    noise_seed: int = 0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     batch_size: int = 64  # imagined rollouts per WorldModel batch (pairs of all policies mixed)
     videos_per_policy: int = 2
@@ -60,6 +63,9 @@ class RankConfig:
     device: str | None = None
     # When an episode is a success, from its per-frame flags: the same rule for real and imagined episodes.
     success: SuccessRule = field(default_factory=SuccessRule)
+
+
+NOISE_STRIDE = 1_000_003
 
 
 def camera_names(model: VideoDiT) -> list[str]:
@@ -212,8 +218,8 @@ def run_imagined_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, 
     `episodes_file` (what `--resume=true` keeps)."""
     for lo in tqdm(range(0, len(pairs), cfg.batch_size), desc="imagined batches", unit="batch"):
         batch = pairs[lo:lo + cfg.batch_size]
-        judged, state_rule, info, rewards, recorded = run_imagined_batch(cfg, model, judge, batch, real,
-                                                                         cfg.seed + lo, set(videos))
+        judged, state_rule, info, rewards, recorded = run_imagined_batch(
+            cfg, model, judge, batch, real, cfg.seed + lo + NOISE_STRIDE * cfg.noise_seed, set(videos))
         # A second opinion on every imagined episode: the simulator's own success rule applied to the state the
         # model predicted (agreement with the judge says whether frames and state tell the same story). Both go
         # through cfg.success, like the real twin's flags.

@@ -139,3 +139,13 @@ def test_the_success_rule_reads_the_last_frames_or_any():
     assert "final frame" in SuccessRule().describe() and "last 3" in SuccessRule(3).describe()
     with pytest.raises(ValueError, match="success.last_frames"):
         SuccessRule(last_frames=0)
+
+
+def test_auroc_counts_pairs_ordered_right_and_ties_half():
+    from worldmodel.metrics import auroc
+
+    assert auroc([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2]) == 1.0
+    assert auroc([1, 1, 0, 0], [0.1, 0.2, 0.9, 0.8]) == 0.0
+    assert auroc([1, 0], [0.5, 0.5]) == 0.5
+    assert auroc([1, 1, 0], [1, 0, 0]) == 0.75  # one pair right, one tie
+    assert np.isnan(auroc([1, 1], [0.3, 0.4]))

@@ -107,10 +107,18 @@ def test_wm_eval_ranks_saved_lerobot_policies(tiny_world_model_dir, tiny_dataset
         paths.append(str(path))
     judge = SuccessJudge(config={**JudgeNetConfig(frames=2, width=8, num_views=2, image_size=32).__dict__})
     judge.save_pretrained(tmp_path / "judge")
+    real_outcomes = tmp_path / "real.json"  # one real trial of each policy, from episode 0's initial state
+    real_outcomes.write_text(json.dumps({paths[0]: [1], paths[1]: [0]}))
     report = evaluate(EvalConfig(
         model=str(tiny_world_model_dir), judge=str(tmp_path / "judge"), policies=paths,
         dataset=DatasetConfig(root=str(tiny_dataset_root), repo_id="test/tiny"), episodes=2, max_episode_steps=8,
-        sampler=SamplerConfig(steps=2, window=2), device="cpu", output=str(tmp_path / "eval.json")))
+        sampler=SamplerConfig(steps=2, window=2), device="cpu", output=str(tmp_path / "eval.json"),
+        real_outcomes=str(real_outcomes)))
+    for r, real in zip(report["policies"], (1, 0)):  # estimated from the real trial and both imagined episodes
+        estimate = r["real_success_estimate"]
+        assert estimate["n_real"] == 1 and estimate["n_imagined"] == 2 and estimate["real_only"]["value"] == real
+        assert estimate["estimate"]["low"] <= estimate["estimate"]["value"] <= estimate["estimate"]["high"]
+    assert {row["name"] for row in report["comparison"]["ranking"]} == set(paths)
     assert [r["policy"] for r in report["policies"]] == paths and sorted(report["ranking"]) == sorted(paths)
     for r in report["policies"]:  # success is the judge's verdict on each episode's last frames, averaged
         assert r["n_episodes"] == 2
@@ -120,6 +128,21 @@ def test_wm_eval_ranks_saved_lerobot_policies(tiny_world_model_dir, tiny_dataset
     assert [rates[p] for p in report["ranking"]] == sorted(rates.values(), reverse=True)
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["task"].startswith("Push the puck") and "final frame" in saved["success_rule"]
+
+
+def test_wm_eval_checks_real_outcomes_before_any_rollout(tmp_path):
+    from worldmodel.evaluate import EvalConfig, evaluate
+
+    path = tmp_path / "real.json"
+    path.write_text('{"a": [1, 0.5]}')
+    cfg = EvalConfig(model="nowhere", policies=["a"], episodes=4, real_outcomes=str(path))
+    with pytest.raises(ValueError, match=r"real_outcomes: .*real.json\['a'\] must be a list of 1 to episodes - 1 = 3"):
+        evaluate(cfg)
+    path.write_text('{"b": [1]}')
+    with pytest.raises(ValueError, match=r"names policies \['b'\]"):
+        evaluate(cfg)
+    with pytest.raises(FileNotFoundError, match="real_outcomes: .*missing.json"):
+        evaluate(EvalConfig(model="nowhere", policies=["a"], real_outcomes=str(tmp_path / "missing.json")))
 
 
 @torch.no_grad()

@@ -6,8 +6,9 @@
 
 Every policy starts from the first frame of the same `episodes` dataset episodes (cycled if the
 dataset has fewer); all of a policy's rollouts run as one batch. With no simulator at hand this gives
-imagined success rates and the ranking they imply; `python -m eval.rank` is the version that also
-measures real success (MetaWorld) and the agreement between the two.
+imagined success rates and the ranking they imply. Given a few real outcomes per policy (`real_outcomes`), it
+also estimates each policy's real success with a valid interval (worldmodel/estimate.py). `python -m eval.rank`
+is the version that also measures real success (MetaWorld) and the agreement between the two.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from worldmodel.dataset import DatasetConfig, start_frames
 from worldmodel.envs.imagined import ImaginedVectorEnv
+from worldmodel.estimate import SuccessEstimate, compare_policies
 from worldmodel.judge import SuccessJudge
 from worldmodel.metrics import SuccessRule
 from worldmodel.model import VideoDiT
@@ -44,6 +46,12 @@ class EvalConfig:
     # When an imagined episode is a success, from the judge's verdict on each of its frames (eval.rank applies the
     # same rule to real episodes).
     success: SuccessRule = field(default_factory=SuccessRule)
+    # Real outcomes of each policy's first episodes, run from the same initial states as those imagined episodes: a
+    # JSON file {policy folder: [0/1, ...]}. Each such policy's real success is then estimated from those real trials
+    # and all its imagined episodes, with an interval that holds however wrong imagination is
+    # (worldmodel/estimate.py), and the policies are compared (which is surely better than which).
+    real_outcomes: str | None = None
+    confidence: float = 0.95
 
 
 def initial_observations(model: VideoDiT, cfg: EvalConfig) -> tuple[dict, str]:
@@ -54,9 +62,44 @@ def initial_observations(model: VideoDiT, cfg: EvalConfig) -> tuple[dict, str]:
     return observations, task
 
 
+def load_real_outcomes(cfg: EvalConfig) -> dict[str, list[int]]:
+    """{policy: real 0/1 outcomes of its first episodes} from cfg.real_outcomes, checked before any rollout."""
+    if cfg.real_outcomes is None:
+        return {}
+    path = Path(cfg.real_outcomes)
+    if not path.is_file():
+        raise FileNotFoundError(f"real_outcomes: {path} does not exist; expected a JSON file "
+                                "{policy folder: [0/1 outcome of its real episode 0, 1, ...]}")
+    outcomes = json.loads(path.read_text())
+    unknown = sorted(set(outcomes) - set(cfg.policies))
+    if unknown:
+        raise ValueError(f"real_outcomes: {path} names policies {unknown} that are not in policies {cfg.policies}")
+    for policy, values in outcomes.items():
+        if not isinstance(values, list) or not 0 < len(values) < cfg.episodes or not set(values) <= {0, 1, True, False}:
+            raise ValueError(f"real_outcomes: {path}[{policy!r}] must be a list of 1 to episodes - 1 = "
+                             f"{cfg.episodes - 1} outcomes 0/1 (the rest are imagined only), got {values!r}")
+    return outcomes
+
+
+def add_estimates(results: list[dict], real_outcomes: dict, confidence: float) -> dict | None:
+    """Each policy with real outcomes gets `real_success_estimate`; with all of them, the comparison."""
+    fitted = {}
+    for i, r in enumerate(results):
+        real = real_outcomes.get(r["policy"])
+        if real is not None:
+            imagined = r["per_episode_success"]
+            fitted[r["policy"]] = SuccessEstimate(real, imagined[:len(real)], imagined[len(real):],
+                                                  confidence=confidence, seed=i)
+            r["real_success_estimate"] = fitted[r["policy"]].to_dict()
+    if len(fitted) < 2:
+        return None
+    return compare_policies(list(fitted), list(fitted.values()))
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     if not cfg.policies:
         raise ValueError("policies: give at least one LeRobot pretrained policy folder")
+    real_outcomes = load_real_outcomes(cfg)
     model = VideoDiT.from_pretrained(cfg.model)
     judge = SuccessJudge.from_pretrained(cfg.judge).eval()
     start, task = initial_observations(model, cfg)
@@ -80,11 +123,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     ranking = [r["policy"] for r in sorted(results, key=lambda r: -r["imagined_success"])]
     report = {"policies": results, "ranking": ranking, "model": cfg.model, "judge": cfg.judge, "task": task,
               "success_rule": cfg.success.describe(), "config": asdict(cfg)}
+    comparison = add_estimates(results, real_outcomes, cfg.confidence)
+    if comparison is not None:
+        report["comparison"] = comparison
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for r in results:
-        print(f"{r['imagined_success']:.2f}  {r['policy']}")
+        estimate = r.get("real_success_estimate")
+        real = "" if estimate is None else (f"  real {estimate['estimate']['value']:.2f} [{estimate['estimate']['low']:.2f}, "
+                                            f"{estimate['estimate']['high']:.2f}]")
+        print(f"{r['imagined_success']:.2f}{real}  {r['policy']}")
     return report
 
 

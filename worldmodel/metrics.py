@@ -3,6 +3,7 @@
 Ranking (policies' imagined success vs their real success):
     pearson, spearman          scipy's correlation coefficients
     mmrv                       SIMPLER's mean maximum rank violation (lower is better)
+    auroc                      how well a score separates two classes (eval.ppi's trust signals)
     bootstrap_ranking_metrics  all three with percentile intervals, resampling episodes per policy
 
 Frames (imagined vs real, same initial state and actions): psnr, ssim (per image, any leading dims),
@@ -83,6 +84,18 @@ def mmrv(*, real, imagined) -> float:
 def ranking_metrics(real, imagined) -> dict:
     return {"pearson": pearson(real, imagined), "spearman": spearman(real, imagined),
             "mmrv": mmrv(real=real, imagined=imagined)}
+
+
+def auroc(labels, scores) -> float:
+    """Area under the ROC curve of `scores` (higher: more likely positive) for 0/1 `labels`: the probability that a
+    positive scores above a negative, ties counted half (the Mann-Whitney U statistic). NaN without both classes."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
+    positive, negative = scores[labels], scores[~labels]
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    above = (positive[:, None] > negative[None, :]).mean()
+    ties = (positive[:, None] == negative[None, :]).mean()
+    return float(above + 0.5 * ties)
 
 
 def bootstrap_ranking_metrics(real_outcomes: list, imagined_outcomes: list, n_boot: int = 1000,
