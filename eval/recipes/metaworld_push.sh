@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../.."
 
 SCALE=${SCALE:-gpu}
 if [[ $SCALE == smoke ]]; then
-  : "${EPISODES:=6}" "${EPISODE_STEPS:=60}" "${TOUR_AFTER:=30}" "${LONG_EPISODES:=2}" "${HORIZONS:=[0.5,1.0]}"
+  : "${EPISODES:=6}" "${EPISODE_STEPS:=60}" "${TOUR_AFTER:=30}" "${PLAY_TOURS:=1}" "${PLAY_STEPS:=60}" "${LONG_EPISODES:=2}" "${HORIZONS:=[0.5,1.0]}"
   : "${SMALL_STEPS:=4}" "${TINY_STEPS:=4}" "${BATCH:=2}" "${JUDGE_STEPS:=10}" "${JUDGE_VAL:=2}" "${RANK_EPISODES:=1}" "${VAL_CLIPS:=1}"
   : "${SPEED_ARGS:=--short_horizon=4 --long_horizon=8 --naive_horizon=4 --call_frames=4 --batch_sizes=[1,2] --batched_frames=4}"
   : "${TRAIN_SPEED_ARGS:=--presets=[tiny] --steps=1}" "${IMPROVE:=0}" "${RUN:=smoke}" "${WORK:=outputs/recipe_smoke}"
@@ -27,14 +27,14 @@ if [[ $SCALE == smoke ]]; then
 elif [[ $SCALE == cpu ]]; then
   # The default model on 2 CPU cores: only `tiny`, trained for a wall-clock budget (cosine schedule sized to
   # the steps 2 cores reach in it; the budget stops it earlier on a slower machine). See eval/results/ablation_cpu.md.
-  : "${EPISODES:=200}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
+  : "${EPISODES:=200}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${PLAY_TOURS:=40}" "${PLAY_STEPS:=800}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
   : "${MODELS:=tiny}" "${TINY_STEPS:=4000}" "${TINY_MINUTES:=62}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=200}"
   : "${JUDGE_STEPS:=600}" "${JUDGE_VAL:=8}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=8}" "${RANK_MODEL:=tiny}"
   : "${SPEED_ARGS:=--preset=tiny --batch_sizes=[1,16]}" "${TRAIN_SPEED_ARGS:=--presets=[tiny]}" "${IMPROVE:=0}"
   : "${RUN:=cpu}" "${WORK:=outputs/recipe_cpu}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}"
   : "${NUM_WORKERS:=0}" "${RECORD_WORKERS:=2}" "${FIDELITY_VARIANTS:=[full,no_memory,one_step,no_state_range]}" "${TRAIN_SPEED:=0}"
 else
-  : "${EPISODES:=400}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
+  : "${EPISODES:=400}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${PLAY_TOURS:=80}" "${PLAY_STEPS:=800}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
   : "${SMALL_STEPS:=6000}" "${TINY_STEPS:=4000}" "${BATCH:=64}" "${JUDGE_STEPS:=2000}" "${JUDGE_VAL:=20}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=16}"
   : "${SPEED_ARGS:=--preset=small --batch_sizes=[1,16,128]}" "${TRAIN_SPEED_ARGS:=}" "${IMPROVE:=1}" "${RUN:=gpu}"
   : "${WORK:=outputs/recipe}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
@@ -51,6 +51,12 @@ step() { echo; echo "== $* ($(( $(date +%s) - GPU_TIME_START )) s so far)"; }
 step "1/7 record the training set and the held-out long tours"
 $PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_push --episodes="$EPISODES" \
   --env.max_episode_steps="$EPISODE_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=0.5 --workers="$RECORD_WORKERS"
+# Play data: long waypoint tours appended to the training set (their seeds continue after the push episodes'), so
+# the model sees the hand far from the puck, the puck at rest, dropped and knocked, for as long as the held-out
+# tours last. Without them a state model fitted on the push episodes predicts the puck 1-frame ahead in the tours
+# worse than holding it still (eval/results/state_data_probe_cpu.md).
+$PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_push --episodes=$(( EPISODES + PLAY_TOURS )) \
+  --env.max_episode_steps="$PLAY_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=1.0 --workers="$RECORD_WORKERS"
 # 20 s of robot time is 1600 env steps; seeds far from the training set's.
 LONG_STEPS=$($PY -c "import json; print(int(max(json.loads('$HORIZONS')) * 80) + 20)")
 $PY -m data.metaworld.record --root="$LONG_DATA" --repo_id=local/metaworld_push_long --episodes="$LONG_EPISODES" \
