@@ -209,6 +209,13 @@ def interval_text(t: dict) -> str:
     return f"{t['value']:.2f} [{t['low']:.2f}, {t['high']:.2f}]"
 
 
+def ranking_text(metrics: dict) -> str:
+    if np.isnan(metrics["pearson"]):  # a constant vector has no correlation
+        return (f"Pearson and Spearman undefined (every policy gets the same imagined success), MMRV "
+                f"{metrics['mmrv']:.3f}")
+    return f"Pearson {metrics['pearson']:.3f}, Spearman {metrics['spearman']:.3f}, MMRV {metrics['mmrv']:.3f}"
+
+
 def markdown(cfg: PPIConfig, result: dict) -> list[str]:
     lines = [f"# Real success from {cfg.paired_real} real trials + imagination: {cfg.run}", "",
              f"Model `{cfg.rank.model}`, judge `{cfg.rank.judge}`; {len(result['policies'])} policies; per policy "
@@ -246,10 +253,9 @@ def markdown(cfg: PPIConfig, result: dict) -> list[str]:
         lines.append(f"| {name} | {all_text} | {row['auroc_common']:.3f} |")
     drop = t["ranking_after_drop"]
     lines += ["", f"Best: {t['best']}. Ranking against the ground truth on the common episodes: all "
-              f"{drop['all']['kept']} rollouts Pearson {drop['all']['pearson']:.3f}, Spearman {drop['all']['spearman']:.3f}, "
-              f"MMRV {drop['all']['mmrv']:.3f}; after dropping the {int(100 * cfg.drop_fraction)}% least trusted "
-              f"({drop['trusted']['kept']} kept) Pearson {drop['trusted']['pearson']:.3f}, Spearman "
-              f"{drop['trusted']['spearman']:.3f}, MMRV {drop['trusted']['mmrv']:.3f}.",
+              f"{drop['all']['kept']} rollouts {ranking_text(drop['all'])}; after dropping the "
+              f"{int(100 * cfg.drop_fraction)}% least trusted ({drop['trusted']['kept']} kept) "
+              f"{ranking_text(drop['trusted'])}.",
               "", f"`{result['command']}` ({result['seconds']:.0f} s)."]
     return lines
 

@@ -84,6 +84,15 @@ def test_policies_really_apart_are_ordered_and_alike_ones_tie():
     assert result["probability_better"][0][1] > 0.99
 
 
+def test_the_same_outcomes_give_the_same_interval_and_a_tie():
+    real, twins, more = [1, 0, 1, 1, 0, 1], [1, 0, 1, 0, 0, 1], [1, 0] * 20
+    first, second = SuccessEstimate(real, twins, more), SuccessEstimate(real, twins, more)
+    assert (first.low, first.high, first.value) == (second.low, second.high, second.value)
+    result = compare_policies(["a", "b"], [first, second])
+    assert [r["rank"] for r in result["ranking"]] == [1, 1]
+    assert 0.4 < result["probability_better"][0][1] < 0.6  # independent draws: a coin flip
+
+
 def test_outcomes_must_be_zero_or_one_and_paired():
     with pytest.raises(ValueError, match="twins: expected 0/1"):
         SuccessEstimate([1, 0], [0.7, 1])

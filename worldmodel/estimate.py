@@ -72,17 +72,16 @@ class SuccessEstimate:
             raise ValueError(f"real/twins: expected the same positive number of paired outcomes, got {len(real)} "
                              f"real and {len(twins)} imagined twins")
         self.confidence, self.draws, self.n = confidence, draws, len(real)
-        self.rng = np.random.default_rng(seed)
         imagined = np.concatenate([twins, more])
         self.counts = {"imagined": (imagined.sum(), len(imagined) - imagined.sum()),
                        "a": ((real * twins).sum(), ((1 - real) * twins).sum()),
                        "b": ((real * (1 - twins)).sum(), ((1 - real) * (1 - twins)).sum())}
+        # Draws depend on the data and the seed only: two policies with the same outcomes get the same interval.
+        self.seed = [seed, *(int(c) for pair in self.counts.values() for c in pair)]
         self.real_successes = real.sum()
         self.real_only = (real.mean(), *clopper_pearson(real.sum(), len(real), confidence))
         self.imagined_only = (imagined.mean(), *clopper_pearson(imagined.sum(), len(imagined), confidence))
-        alpha = 1 - confidence
-        low = float(np.quantile(self.composite_draws(PESSIMISTIC), alpha / 2))
-        high = float(np.quantile(self.composite_draws(OPTIMISTIC), 1 - alpha / 2))
+        low, high = self.composite_interval(confidence)
         pi = imagined.mean()
         (sa, fa), (sb, fb) = self.counts["a"], self.counts["b"]
         if sa + fa and sb + fb:  # both strata seen among the pairs
@@ -99,17 +98,31 @@ class SuccessEstimate:
         self.effective_real_trials = effective_real_trials(self.n, self.real_only[2] - self.real_only[1],
                                                            self.high - self.low)
 
-    def sample(self, prior=JEFFREYS) -> np.ndarray:
+    def interval(self, confidence: float) -> tuple[float, float]:
+        """This estimate's interval at another confidence, by the method it uses."""
+        if self.method == "prediction-powered":
+            return self.composite_interval(confidence)
+        return clopper_pearson(self.real_successes, self.n, confidence)
+
+    def composite_interval(self, confidence: float) -> tuple[float, float]:
+        """The prediction-powered interval: p's quantiles with a and b drawn under the extreme priors."""
+        alpha = 1 - confidence
+        return (float(np.quantile(self.composite_draws(PESSIMISTIC), alpha / 2)),
+                float(np.quantile(self.composite_draws(OPTIMISTIC), 1 - alpha / 2)))
+
+    def sample(self, prior=JEFFREYS, rng=None) -> np.ndarray:
         """Draws of the real success rate under `prior` on the real outcomes, by the method the estimate uses."""
         if self.method == "prediction-powered":
-            return self.composite_draws(prior)
-        return _beta(self.rng, self.real_successes, self.n - self.real_successes, prior, self.draws)
+            return self.composite_draws(prior, rng)
+        rng = rng or np.random.default_rng(self.seed)
+        return _beta(rng, self.real_successes, self.n - self.real_successes, prior, self.draws)
 
-    def composite_draws(self, prior) -> np.ndarray:
+    def composite_draws(self, prior, rng=None) -> np.ndarray:
         """Draws of p = pi a + (1 - pi) b with `prior` on a and b (Jeffreys on pi)."""
-        pi = _beta(self.rng, *self.counts["imagined"], JEFFREYS, self.draws)
-        a = _beta(self.rng, *self.counts["a"], prior, self.draws)
-        b = _beta(self.rng, *self.counts["b"], prior, self.draws)
+        rng = rng or np.random.default_rng(self.seed)
+        pi = _beta(rng, *self.counts["imagined"], JEFFREYS, self.draws)
+        a = _beta(rng, *self.counts["a"], prior, self.draws)
+        b = _beta(rng, *self.counts["b"], prior, self.draws)
         return pi * a + (1 - pi) * b
 
     def to_dict(self) -> dict:
@@ -128,15 +141,16 @@ def effective_real_trials(n: int, real_only_width: float, width: float) -> float
     return float(n * (real_only_width / max(width, 1e-12)) ** 2)
 
 
-def compare_policies(names: list[str], estimates: list[SuccessEstimate]) -> dict:
+def compare_policies(names: list[str], estimates: list[SuccessEstimate], seed: int = 0) -> dict:
     """Which policy is really better than which. For every ordered pair: the probability that i's real success
-    exceeds j's (Jeffreys draws), and whether the difference is separated from zero at the estimates' confidence
-    (the lower end of i - j, drawn pessimistically for i and optimistically for j, above zero). The ranking a user
-    should believe: each policy's rank is 1 + the number of policies separated above it; equal ranks are ties."""
+    exceeds j's (independent Jeffreys draws), and whether i is surely better: its interval at confidence 1 - alpha/2
+    lies wholly above j's (Bonferroni: both cover their truth with probability >= 1 - alpha, and then so does the
+    claim). The ranking a user should believe: each policy's rank is 1 + the number of policies surely better
+    than it; equal ranks are ties the data cannot split."""
+    rng = np.random.default_rng(seed)
     alpha = 1 - estimates[0].confidence
-    mid = [e.sample(JEFFREYS) for e in estimates]
-    pessimistic = [e.sample(PESSIMISTIC) for e in estimates]
-    optimistic = [e.sample(OPTIMISTIC) for e in estimates]
+    mid = [e.sample(JEFFREYS, rng) for e in estimates]
+    wide = [e.interval(1 - alpha / 2) for e in estimates]
     k = len(names)
     probability = np.full((k, k), np.nan)
     better = np.zeros((k, k), dtype=bool)
@@ -144,7 +158,7 @@ def compare_policies(names: list[str], estimates: list[SuccessEstimate]) -> dict
         for j in range(k):
             if i != j:
                 probability[i, j] = float((mid[i] > mid[j]).mean())
-                better[i, j] = bool(np.quantile(pessimistic[i] - optimistic[j], alpha / 2) > 0)
+                better[i, j] = wide[i][0] > wide[j][1]
     rank = 1 + better.sum(axis=0)  # column j: how many are surely better than j
     order = sorted(range(k), key=lambda i: (rank[i], -estimates[i].value))
     return {"names": list(names), "probability_better": probability.round(4).tolist(),
