@@ -124,11 +124,11 @@ def estimates(cfg: PPIConfig, names: list[str], episodes: dict, truth: dict, sou
     E, n = cfg.rank.episodes, cfg.paired_real
     key = SOURCES[source]
     per_policy, fitted = [], []
-    for i, name in enumerate(names):
+    for name in names:
         records = [episodes[(name, e)] for e in range(E)]
         real = [r["real_success"] for r in records[:n]]
         imagined = [r[key] for r in records]
-        estimate = SuccessEstimate(real, imagined[:n], imagined[n:], confidence=cfg.confidence, seed=i)
+        estimate = SuccessEstimate(real, imagined[:n], imagined[n:], confidence=cfg.confidence)
         g = float(truth[name].mean())
         row = {"name": name, **estimate.to_dict(), "ground_truth": g,
                "covered": {"estimate": estimate.low <= g <= estimate.high,

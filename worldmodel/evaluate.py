@@ -84,12 +84,12 @@ def load_real_outcomes(cfg: EvalConfig) -> dict[str, list[int]]:
 def add_estimates(results: list[dict], real_outcomes: dict, confidence: float) -> dict | None:
     """Each policy with real outcomes gets `real_success_estimate`; with all of them, the comparison."""
     fitted = {}
-    for i, r in enumerate(results):
+    for r in results:
         real = real_outcomes.get(r["policy"])
         if real is not None:
             imagined = r["per_episode_success"]
             fitted[r["policy"]] = SuccessEstimate(real, imagined[:len(real)], imagined[len(real):],
-                                                  confidence=confidence, seed=i)
+                                                  confidence=confidence)
             r["real_success_estimate"] = fitted[r["policy"]].to_dict()
     if len(fitted) < 2:
         return None
