@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from eval.rank import RankConfig, load_finished, rank
+from eval.rank import RankConfig, camera_names, load_finished, rank, real_episode
 from eval.report import write_result
 from policies.metaworld import FAMILY, make_family
 from worldmodel.atomic import write_json_atomic, write_text_atomic
@@ -66,16 +66,16 @@ class PPIConfig:
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
-def imagined_samples(cfg: PPIConfig, out: Path) -> tuple[dict, dict, dict]:
+def imagined_samples(cfg: PPIConfig, out: Path) -> tuple[dict, dict]:
     """eval.rank twice (both resume): all episodes, and a second imagined sample of the first trust_episodes.
-    -> (policy, episode) -> record, for each, and the first run's result."""
+    -> (policy, episode) -> record, for each."""
     first = replace(cfg.rank, run=cfg.run, output_dir=str(out / "imagined"), results_dir=str(out), resume=True)
     second = replace(first, run=f"{cfg.run}_second_sample", episodes=cfg.trust_episodes,
                      noise_seed=cfg.rank.noise_seed + 1, output_dir=str(out / "second_sample"), videos_per_policy=0)
-    result = rank(first)
+    rank(first)
     rank(second)
     return (load_finished(Path(first.output_dir) / "episodes.jsonl", True),
-            load_finished(Path(second.output_dir) / "episodes.jsonl", True), result)
+            load_finished(Path(second.output_dir) / "episodes.jsonl", True))
 
 
 def ground_truth(cfg: PPIConfig, names: list[str], out: Path) -> dict:
@@ -86,13 +86,14 @@ def ground_truth(cfg: PPIConfig, names: list[str], out: Path) -> dict:
     if pending:
         model_cfg = VideoDiT.load_config(cfg.rank.model)["config"]
         stride = model_cfg["frame_stride"]
-        env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.rank.task, cameras=camera_names_of(model_cfg),
-                                                    image_size=model_cfg["image_size"],
-                                                    max_episode_steps=cfg.rank.max_episode_steps))
+        env = MetaWorldMultiViewEnv(MetaWorldConfig(
+            task=cfg.rank.task, cameras=camera_names(model_cfg["camera_keys"]), image_size=model_cfg["image_size"],
+            max_episode_steps=cfg.rank.max_episode_steps))
         with open(path, "a") as f:
             for name, e in tqdm(pending, desc="ground-truth real episodes", unit="episode"):
-                flags = real_outcome_flags(env, make_family(cfg.rank.task, names=[name])[0],
-                                           cfg.ground_truth_seed + e, cfg.rank.max_episode_steps, stride)
+                _, _, flags, _, _ = real_episode(env, make_family(cfg.rank.task, names=[name])[0],
+                                                 cfg.ground_truth_seed + e, cfg.rank.max_episode_steps, stride,
+                                                 keep_frames=False, render=False)
                 record = {"policy": name, "episode": e, "real_success": bool(cfg.rank.success(flags))}
                 f.write(json.dumps(record) + "\n")
                 f.flush()
@@ -100,22 +101,6 @@ def ground_truth(cfg: PPIConfig, names: list[str], out: Path) -> dict:
         env.close()
     return {n: np.array([done[(n, e)]["real_success"] for e in range(cfg.ground_truth_episodes)], float)
             for n in names}
-
-
-def camera_names_of(model_cfg: dict) -> list[str]:
-    return [k.removeprefix("observation.images.") for k in model_cfg["camera_keys"]]
-
-
-def real_outcome_flags(env, policy, seed: int, steps: int, stride: int) -> list[bool]:
-    """The simulator's success flag at every world-model frame of one real episode, without rendering."""
-    obs, _ = env.reset(seed=seed)
-    policy.reset(seed=seed)
-    flags = []
-    for t in range(steps):
-        obs, _, _, _, info = env.step_state_only(policy.select_action(obs)[0])
-        if (t + 1) % stride == 0:
-            flags.append(bool(info["is_success"]))
-    return flags
 
 
 # -- estimates ----------------------------------------------------------------------------------------------------
@@ -312,7 +297,7 @@ def ppi(cfg: PPIConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = cfg.rank.policies or list(FAMILY)
-    episodes, second, _ = imagined_samples(cfg, out)
+    episodes, second = imagined_samples(cfg, out)
     truth = ground_truth(cfg, names, out)
     result = {"run": cfg.run, "policies": names, "success_rule": cfg.rank.success.describe(),
               "estimates": {source: estimates(cfg, names, episodes, truth, source) for source in SOURCES},

@@ -68,8 +68,8 @@ class RankConfig:
 NOISE_STRIDE = 1_000_003
 
 
-def camera_names(model: VideoDiT) -> list[str]:
-    return [k.removeprefix("observation.images.") for k in model.cfg.camera_keys]
+def camera_names(camera_keys: list[str]) -> list[str]:
+    return [k.removeprefix("observation.images.") for k in camera_keys]
 
 
 def load_judge(cfg: RankConfig):
@@ -87,16 +87,17 @@ def judge_frames(observations: list[dict], keys: list[str], k: int):
     return frames.permute(0, 1, 4, 2, 3)[None], states[None]
 
 
-def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool):
+def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool, render: bool = True):
     """One real episode; observations kept every `stride` steps (what the world model would draw). The
-    family's policies read the state, so the cameras are rendered only for the kept steps. -> initial
-    observation, kept observations, the simulator's success flag at every kept frame, reward sum and max."""
+    family's policies read the state, so the cameras are rendered only for the kept steps (and never with
+    render=False: only the outcome is wanted). -> initial observation, kept observations, the simulator's success
+    flag at every kept frame, reward sum and max."""
     obs, _ = env.reset(seed=seed)
     policy.reset(seed=seed)
     initial, kept, flags = obs, [obs], []
     reward_sum, reward_max = 0.0, -np.inf
     for t in range(steps):
-        step = env.step if (t + 1) % stride == 0 else env.step_state_only
+        step = env.step if render and (t + 1) % stride == 0 else env.step_state_only
         obs, reward, _, _, info = step(policy.select_action(obs)[0])
         reward_sum, reward_max = reward_sum + reward, max(reward_max, reward)
         if (t + 1) % stride == 0:
@@ -159,7 +160,7 @@ def run_real_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, vide
     """Every pending (policy, episode) in the simulator: outcome, rewards, the judge's verdict on its last
     frames, and the initial observation imagination starts from."""
     keys, stride = list(model.cfg.camera_keys), model.cfg.frame_stride
-    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=camera_names(model),
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=camera_names(model.cfg.camera_keys),
                                                 image_size=model.cfg.image_size,
                                                 max_episode_steps=cfg.max_episode_steps))
     real = {}

@@ -65,7 +65,7 @@ def test_the_point_estimate_is_ppi_with_the_least_squares_weight():
     slope = np.polyfit(twins, real, 1)[0]  # least squares of real on imagined outcomes
     all_imagined = np.concatenate([twins, more]).mean()
     assert e.weight == pytest.approx(slope)
-    if e.method == "prediction-powered":
+    if e.prediction_powered:
         assert e.value == pytest.approx(real.mean() + slope * (all_imagined - twins.mean()))
 
 

@@ -89,7 +89,9 @@ class SuccessEstimate:
             value, self.weight = b + (a - b) * pi, a - b
         else:  # imagination gave one verdict on every pair: nothing to learn its errors from
             value, self.weight = real.mean(), 0.0
-        if high - low <= self.real_only[2] - self.real_only[1]:
+        # Power tuning: imagination is used only where it makes the interval narrower than the real trials alone.
+        self.prediction_powered = high - low <= self.real_only[2] - self.real_only[1]
+        if self.prediction_powered:
             self.method = "prediction-powered"
             self.value, self.low, self.high = float(np.clip(value, low, high)), low, high
         else:
@@ -100,7 +102,7 @@ class SuccessEstimate:
 
     def interval(self, confidence: float) -> tuple[float, float]:
         """This estimate's interval at another confidence, by the method it uses."""
-        if self.method == "prediction-powered":
+        if self.prediction_powered:
             return self.composite_interval(confidence)
         return clopper_pearson(self.real_successes, self.n, confidence)
 
@@ -112,7 +114,7 @@ class SuccessEstimate:
 
     def sample(self, prior=JEFFREYS, rng=None) -> np.ndarray:
         """Draws of the real success rate under `prior` on the real outcomes, by the method the estimate uses."""
-        if self.method == "prediction-powered":
+        if self.prediction_powered:
             return self.composite_draws(prior, rng)
         rng = rng or np.random.default_rng(self.seed)
         return _beta(rng, self.real_successes, self.n - self.real_successes, prior, self.draws)
