@@ -52,6 +52,11 @@ class DiffusionConfig:
     # own statistics the puck's quaternion, which tumbles, changes 10-30x more (in its units) than the puck's
     # position, so the loss barely sees where the puck is (eval/results/state_drift_cpu_tiny.md).
     balance_state_dims: bool = False
+    # A regressed state (model.deterministic_state) learns its conditional median (absolute error) instead of its
+    # mean (squared error). An object moves only when something pushes it; where the network cannot yet tell
+    # whether contact happens, the mean is a small move every frame, and an open-loop rollout sums those moves
+    # into a drift across the table. The median of "usually still" is exactly still.
+    median_state: bool = True
 
 
 def noise_levels(steps: int, device=None) -> torch.Tensor:
@@ -160,7 +165,8 @@ class FlowMatching:
         latent_err = (velocity(noisy_latents, out["latents"].float(), t, min_t)
                       - velocity(noisy_latents, latents, t, min_t)).pow(2).mean(dim=(2, 3, 4, 5))  # (B, T)
         if mc.deterministic_state:  # regressed: the plain error of the state, whatever the frame's noise level
-            state_sq = (out["state"].float() - state0).pow(2)  # (B, T, S)
+            state_error = out["state"].float() - state0  # (B, T, S)
+            state_sq = state_error.abs() if self.config.median_state else state_error.pow(2)
         else:
             state_sq = (velocity(noisy_state, out["state"].float(), t, min_t)
                         - velocity(noisy_state, state0, t, min_t)).pow(2)  # (B, T, S)
