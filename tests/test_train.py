@@ -240,3 +240,21 @@ def test_a_truncated_checkpoint_is_named_and_skipped_and_resumed_steps_are_logge
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert logged == list(range(1, 13))  # steps 6-10 ran twice; each is logged once
+
+
+def test_init_from_fine_tunes_a_trained_model_and_refuses_one_that_does_not_fit(trained, tiny_dataset_root, tmp_path):
+    """--init_from starts from a trained model's weights: with a learning rate of 0 the fine-tuned model is that
+    model exactly, not a fresh one. A folder whose network differs is refused by name before training."""
+    out = tmp_path / "tuned"
+    train_main(train_args(tiny_dataset_root, out, 2, **{"init_from": trained / "model", "train.lr": 0.0,
+                                                        "train.warmup_steps": 0, "train.val_every": 100}))
+    source, tuned = load_file(trained / "model" / "diffusion_pytorch_model.safetensors"), \
+        load_file(out / "model" / "diffusion_pytorch_model.safetensors")
+    assert source.keys() == tuned.keys()
+    for key in source:
+        torch.testing.assert_close(tuned[key], source[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="init_from: .* does not fit"):
+        train_main(train_args(tiny_dataset_root, tmp_path / "misfit", 2,
+                              **{"init_from": trained / "model", "model.depth": 2}))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        train_main(train_args(tiny_dataset_root, tmp_path / "missing", 2, **{"init_from": tmp_path / "nothing"}))

@@ -35,7 +35,7 @@ from worldmodel.diffusion import (DiffusionConfig, FlowMatching, GeneratorState,
                                   sample_full_sequence)
 from worldmodel.atomic import write_json_atomic, write_text_atomic
 from worldmodel.metrics import psnr
-from worldmodel.model import PRESETS, VideoDiT, build_config, make_model
+from worldmodel.model import PRESETS, VideoDiT, build_config, check_folder_kind, make_model
 
 
 @dataclass
@@ -98,9 +98,24 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
     output_dir: str = "outputs/train/metaworld_push"
     resume: bool = False
+    # Fine-tune: start from this world model folder's weights instead of from scratch. The network is still built
+    # from this run's data and flags, and the folder's weights must fit it exactly.
+    init_from: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
+def load_initial_weights(model: VideoDiT, path: str) -> None:
+    """--init_from: every parameter from a trained world model, which must have this network's exact shapes.
+    The normalisation statistics stay this run's (they come from its dataset)."""
+    mine, theirs = model.state_dict(), VideoDiT.from_pretrained(path).state_dict()
+    misfits = sorted(k for k in mine.keys() | theirs.keys()
+                     if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if misfits:
+        raise ValueError(f"init_from: {path} does not fit the network built here (its --model.* sizes and design, "
+                         f"and the dataset's views, state and action sizes, must match); differs in {misfits[:4]}")
+    model.load_state_dict(theirs)
+
+
 def split_episodes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
@@ -177,6 +192,8 @@ def check_config(cfg: TrainConfig) -> None:
     if size < 1 or (cfg.codec.autoencoder is None and size % patch):
         raise ValueError(f"dataset.image_size: {size} must be a positive multiple of the patch size {patch} "
                          f"(model.patch_size; pixel frames are cut into {patch}x{patch} patches)")
+    if cfg.init_from is not None:
+        check_folder_kind(cfg.init_from, "VideoDiT")
     if from_first and cfg.dataset.memory_frames < 1:
         raise ValueError("dataset.memory_frames: model.residual_from_first_frame needs at least 1 (memory slot 0 is "
                          f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
@@ -301,6 +318,8 @@ def start_run(cfg: TrainConfig) -> Run:
                 clips.attach_latents(codec, device=accelerator.device)
     model_config = model_config_for(cfg, train_clips, codec)
     model = make_model(model_config)
+    if cfg.init_from is not None and not cfg.resume:
+        load_initial_weights(model, cfg.init_from)
     if model_config.condition_on_command:  # the training set's gain for every clip, held-out ones included
         for clips in filter(None, (train_clips, val_clips)):
             clips.attach_commands(*model.command_parameters())
