@@ -69,6 +69,8 @@ class FidelityConfig:
     revisit_near: float = 0.03
     revisit_away: float = 0.10
     revisit_min_gap: int = 12  # frames; more than the sampler's recent + window frames
+    # "Far": the hand at least this far (m) from the object, where nothing should move it (far_object_motion).
+    far_m: float = 0.2
     seed: int = 0
     run: str = "cpu"
     results_dir: str = "eval/results"
@@ -109,6 +111,22 @@ def copy_first_frame(clips: ClipDataset, positions: list[int], horizon: int, str
 
 HAND = [STATE_NAMES.index(n) for n in ("hand_x", "hand_y", "hand_z")]
 OBJECT = [STATE_NAMES.index(n) for n in ("obj_x", "obj_y", "obj_z")]
+
+
+def far_object_motion(state: np.ndarray, far: float) -> dict:
+    """How an object moves while the hand is more than `far` (m) from it, where nothing can push it. state
+    (B, T, S) per frame -> the mean object step per frame (m) over those frames, their count, and the correlation
+    of the object's velocity with the hand's there per axis (x, y, z): an object that moves with a distant hand
+    is a model that has learned "the puck moves when the hand moves" without the contact."""
+    hand, obj = state[..., HAND], state[..., OBJECT]
+    is_far = np.linalg.norm(hand[:, 1:] - obj[:, 1:], axis=-1) > far  # (B, T - 1)
+    obj_velocity, hand_velocity = np.diff(obj, axis=1)[is_far], np.diff(hand, axis=1)[is_far]  # (N, 3)
+    if len(obj_velocity) < 3:
+        return {"frames": int(is_far.sum()), "object_step_m": None, "hand_correlation": None}
+    correlation = [float(np.corrcoef(obj_velocity[:, k], hand_velocity[:, k])[0, 1]) if obj_velocity[:, k].std() > 0
+                   else 0.0 for k in range(3)]
+    return {"frames": int(is_far.sum()), "object_step_m": float(np.linalg.norm(obj_velocity, axis=-1).mean()),
+            "hand_correlation": correlation}
 
 
 def frame_transitions(clips: ClipDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,6 +274,11 @@ def fidelity(cfg: FidelityConfig) -> dict:
         if name in variants:
             result["revisit"][name] = {"psnr": masked_mean(variants[name]["psnr_per_episode"], mask),
                                        "ssim": masked_mean(variants[name]["ssim_per_episode"], mask)}
+    # Does the imagined object move where nothing can push it (the hand far from it)? Real rollouts beside.
+    result["far_object_motion"] = {"far_m": cfg.far_m, "real": far_object_motion(real_state, cfg.far_m)}
+    for name, r in variants.items():
+        if "imagined_state" in r:
+            result["far_object_motion"][name] = far_object_motion(r["imagined_state"], cfg.far_m)
     result["seconds"] = time.time() - started
     result["command"] = (f"python -m eval.fidelity --model={cfg.model} --dataset.root={cfg.dataset.root} "
                          f"--dataset.repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} --run={cfg.run} "
@@ -263,6 +286,21 @@ def fidelity(cfg: FidelityConfig) -> dict:
                          f"--baseline_dataset.root={cfg.baseline_dataset.root if cfg.baseline_dataset else None}")
     write_results(cfg, result)
     return result
+
+
+def far_motion_lines(motion: dict | None) -> list[str]:
+    if not motion:
+        return []
+    lines = ["", f"The object while the hand is more than {100 * motion['far_m']:.0f} cm from it (each rollout's own hand "
+             "and object: the real ones in the real rollout, the imagined ones in the imagined):", "",
+             "| rollout | frames | object step (cm per frame) | correlation with the hand's velocity (x / y / z) |",
+             "| --- | ---: | ---: | ---: |"]
+    for name, m in motion.items():
+        if name == "far_m" or m["object_step_m"] is None:
+            continue
+        lines.append(f"| {name} | {m['frames']} | {100 * m['object_step_m']:.3f} | "
+                     + " / ".join(f"{c:.2f}" for c in m["hand_correlation"]) + " |")
+    return lines
 
 
 def write_results(cfg: FidelityConfig, result: dict) -> None:
@@ -289,6 +327,7 @@ def write_results(cfg: FidelityConfig, result: dict) -> None:
             pov = [v for k, v in rv[name]["psnr"].items() if k.endswith("gripperPOV")]
             lines.append(f"| {name} | {rv[name]['psnr']['mean_over_views']:.2f} | "
                          f"{rv[name]['ssim']['mean_over_views']:.3f} | {f'{pov[0]:.2f}' if pov else '-'} |")
+    lines += far_motion_lines(result.get("far_object_motion"))
     lines += ["", f"`{result['command']}` ({result['seconds']:.0f} s on {result['device']})."]
     write_result(Path(cfg.results_dir) / f"fidelity_{cfg.run}.json", result, lines)
 

@@ -95,3 +95,22 @@ def test_state_baselines_recover_simple_dynamics():
     # Dead reckoning never leaves the workspace the hand reached in the data.
     far = kinematic_model(clips)(states[:1].astype(np.float64), np.ones((1, stride, 4)) * 100)
     assert (far[0, HAND] <= states[:, HAND].max(0) + 1e-6).all()
+
+
+def test_far_object_motion_tells_an_object_dragged_by_a_distant_hand_from_a_still_one():
+    """An object that follows a hand 30 cm away is flagged (it moves, and with the hand); a still one is not;
+    frames with the hand near the object (a push) are left out."""
+    from eval.fidelity import HAND, OBJECT, far_object_motion
+
+    rng = np.random.default_rng(0)
+    hand = np.cumsum(rng.normal(0, 0.005, (2, 50, 3)), axis=1)
+    state = np.zeros((2, 50, 39))
+    state[..., HAND] = hand
+    state[..., OBJECT] = 0.3  # far from the hand (which stays within a few cm of the origin)
+    still = far_object_motion(state, far=0.2)
+    assert still["frames"] == 2 * 49 and still["object_step_m"] == 0.0 and still["hand_correlation"] == [0.0] * 3
+    state[..., OBJECT] = hand + 0.3  # dragged along by a hand 52 cm away
+    dragged = far_object_motion(state, far=0.2)
+    assert dragged["object_step_m"] > 0.005 and min(dragged["hand_correlation"]) > 0.99
+    state[..., OBJECT] = hand + 0.01  # in contact: not counted
+    assert far_object_motion(state, far=0.2)["frames"] == 0
