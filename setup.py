@@ -26,6 +26,6 @@ setup(
         "websockets",
     ],
     # playwright drives Debian's chromium in the browser test (no browser download).
-    extras_require={"dev": ["pytest", "pandas", "pyarrow", "playwright", "httpx", "nbclient", "nbformat", "ipykernel"]},
+    extras_require={"dev": ["pytest", "pytest-timeout", "pandas", "pyarrow", "playwright", "httpx", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["wm=worldmodel.cli:main"]},
 )
