@@ -3,7 +3,7 @@
 #
 #     bash eval/recipes/metaworld_push.sh              # one CUDA GPU (planned for about 25 minutes on an H100)
 #     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the tiny design on 2 CPU cores: ~30 min recording,
-#                                                      # ~55 min training (4,000 steps, capped at TINY_MINUTES), ~60 min of benchmarks
+#                                                      # ~90 min training (6,400 steps, capped at TINY_MINUTES), ~60 min of benchmarks
 #     SCALE=smoke bash eval/recipes/metaworld_push.sh  # the same steps at toy sizes (a few minutes on a CPU)
 #
 # Steps: record the training set (parallel workers) and held-out long tours -> train the `small` and
@@ -28,7 +28,7 @@ elif [[ $SCALE == cpu ]]; then
   # The default model on 2 CPU cores: only `tiny`, trained for a wall-clock budget (cosine schedule sized to
   # the steps 2 cores reach in it; the budget stops it earlier on a slower machine). See eval/results/ablation_cpu.md.
   : "${EPISODES:=200}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${PLAY_TOURS:=40}" "${PLAY_STEPS:=800}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
-  : "${MODELS:=tiny}" "${TINY_STEPS:=4000}" "${TINY_MINUTES:=62}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=200}"
+  : "${MODELS:=tiny}" "${TINY_STEPS:=6400}" "${TINY_MINUTES:=100}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=200}"
   : "${JUDGE_STEPS:=600}" "${JUDGE_VAL:=8}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=8}" "${RANK_MODEL:=tiny}"
   : "${SPEED_ARGS:=--preset=tiny --batch_sizes=[1,16]}" "${TRAIN_SPEED_ARGS:=--presets=[tiny]}" "${IMPROVE:=0}"
   : "${RUN:=cpu}" "${WORK:=outputs/recipe_cpu}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}"
