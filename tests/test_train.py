@@ -253,6 +253,11 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_one_that_does_not_fit(
     assert source.keys() == tuned.keys()
     for key in source:
         torch.testing.assert_close(tuned[key], source[key], rtol=0, atol=0)
+    # --resume=true with no checkpoint yet (a first run of a resumable script) starts from the given weights too.
+    train_main(train_args(tiny_dataset_root, tmp_path / "first", 2, **{"init_from": trained / "model", "train.lr": 0.0,
+                                                                       "train.warmup_steps": 0, "resume": "true"}))
+    first = load_file(tmp_path / "first" / "model" / "diffusion_pytorch_model.safetensors")
+    torch.testing.assert_close(first["out_state.weight"], source["out_state.weight"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="init_from: .* does not fit"):
         train_main(train_args(tiny_dataset_root, tmp_path / "misfit", 2,
                               **{"init_from": trained / "model", "model.depth": 2}))

@@ -166,13 +166,13 @@ class FlowMatching:
                       - velocity(noisy_latents, latents, t, min_t)).pow(2).mean(dim=(2, 3, 4, 5))  # (B, T)
         if mc.deterministic_state:  # regressed: the plain error of the state, whatever the frame's noise level
             state_error = out["state"].float() - state0  # (B, T, S)
-            state_sq = state_error.abs() if self.config.median_state else state_error.pow(2)
+            per_dim_err = state_error.abs() if self.config.median_state else state_error.pow(2)
         else:
-            state_sq = (velocity(noisy_state, out["state"].float(), t, min_t)
-                        - velocity(noisy_state, state0, t, min_t)).pow(2)  # (B, T, S)
+            per_dim_err = (velocity(noisy_state, out["state"].float(), t, min_t)
+                           - velocity(noisy_state, state0, t, min_t)).pow(2)  # (B, T, S)
         if self.state_weight is not None:
-            state_sq = state_sq * self.state_weight.to(state_sq.device)
-        state_err = state_sq.mean(dim=2)  # (B, T)
+            per_dim_err = per_dim_err * self.state_weight.to(per_dim_err.device)
+        state_err = per_dim_err.mean(dim=2)  # (B, T)
         denom = weight.sum().clamp(min=1)
         latent_loss = (latent_err * weight).sum() / denom
         state_loss = (state_err * weight).sum() / denom

@@ -318,7 +318,7 @@ def start_run(cfg: TrainConfig) -> Run:
                 clips.attach_latents(codec, device=accelerator.device)
     model_config = model_config_for(cfg, train_clips, codec)
     model = make_model(model_config)
-    if cfg.init_from is not None and not cfg.resume:
+    if cfg.init_from is not None:  # a checkpoint restored below replaces these weights
         load_initial_weights(model, cfg.init_from)
     if model_config.condition_on_command:  # the training set's gain for every clip, held-out ones included
         for clips in filter(None, (train_clips, val_clips)):
