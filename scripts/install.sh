@@ -10,4 +10,4 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq libegl1 libgl1-mesa-dri ffmpeg chromium > /dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip install -q --no-cache-dir -e ".[dev]"  # no wheel cache: the CUDA build of torch is ~3 GB twice
