@@ -74,7 +74,8 @@ def camera_names(camera_keys: list[str]) -> list[str]:
 
 def load_judge(cfg: RankConfig):
     if cfg.judge is None:
-        return StateDistanceJudge(), "state rule: |object - goal| < 5 cm"
+        rule = StateDistanceJudge.for_task(cfg.task)
+        return rule, rule.describe()
     judge = SuccessJudge.from_pretrained(cfg.judge).eval()
     return judge.probability, f"SuccessJudge {cfg.judge}"
 
@@ -197,7 +198,7 @@ def run_imagined_batch(cfg: RankConfig, model: VideoDiT, judge, batch: list, rea
     recorded = {pair: [{k: obs[k][row] for k in obs}] for row, pair in enumerate(batch) if pair in keep_video}
     rewards = np.zeros(B)
     judged, state_rule = [], []  # per frame: the judge's verdict, the simulator's rule on the predicted state
-    rule_on_state = StateDistanceJudge()
+    rule_on_state = StateDistanceJudge.for_task(cfg.task)
     for t in range(cfg.max_episode_steps):
         actions = np.zeros((B, model.cfg.action_dim), np.float32)
         for name, rows in groups.items():

@@ -9,9 +9,9 @@ bound method such as `SuccessJudge.probability`, its owner's), 1 when it has non
     SuccessJudge         a small CNN over the last K frames of every view (+ the state), trained on a
                          LeRobotDataset's per-frame success flags (`wm judge`); its callable is
                          `judge.probability`
-    StateDistanceJudge   a rule on the (predicted) state: object within `threshold` of the goal; for
-                         MetaWorld push that is exactly the simulator's success rule, so it is a
-                         second opinion on the state the world model predicts
+    StateDistanceJudge   a rule on the (predicted) state: a point (object, hand) within `threshold` of
+                         the goal; `StateDistanceJudge.for_task` takes the simulator's own rule for a
+                         MetaWorld task, so it is a second opinion on the state the model predicts
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from tqdm import tqdm
 
 from worldmodel.dataset import ClipDataset, DatasetConfig, check_local_root
+from worldmodel.envs.metaworld import StateSuccessRule, state_success_rule
 from worldmodel.model import check_folder_kind
 
 
@@ -99,17 +100,29 @@ def judge_window(judge) -> int:
 
 
 class StateDistanceJudge:
-    """Success when the object is within `threshold` of the goal in the last frame's state."""
+    """Success when a point of the last frame's state (object, fingertips) is within a threshold of the goal:
+    a `StateSuccessRule` from the env, e.g. `StateDistanceJudge.for_task("reach-v3")`."""
 
     frames = 1
 
-    def __init__(self, object_indices=(4, 5, 6), goal_indices=(36, 37, 38), threshold: float = 0.05):
-        self.object_indices, self.goal_indices, self.threshold = list(object_indices), list(goal_indices), threshold
+    def __init__(self, rule: StateSuccessRule):
+        self.rule = rule
+        self.offset = torch.tensor(rule.offset, dtype=torch.float32)  # e.g. the hand's body -> its fingertips
+
+    @classmethod
+    def for_task(cls, task: str) -> "StateDistanceJudge":
+        """The simulator's own rule for a MetaWorld `task`."""
+        return cls(state_success_rule(task))
+
+    def describe(self) -> str:
+        r = self.rule
+        offset = f" + {list(r.offset)}" if any(r.offset) else ""
+        return f"state rule: |state{list(r.point)}{offset} - state{list(r.goal)}| < {r.threshold * 100:g} cm"
 
     def __call__(self, frames, states, task: str = "") -> torch.Tensor:
         last = torch.as_tensor(states)[:, -1].float()
-        distance = (last[:, self.object_indices] - last[:, self.goal_indices]).norm(dim=1)
-        return (distance < self.threshold).float()
+        point, goal = last[:, list(self.rule.point)] + self.offset, last[:, list(self.rule.goal)]
+        return ((point - goal).norm(dim=1) < self.rule.threshold).float()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_the_judge_window_travels_with_the_judge(real_env, tiny_world_model_dir)
     from dataclasses import asdict
 
     judge = SuccessJudge(config=asdict(JudgeNetConfig(frames=3, num_views=2, image_size=32))).eval()
-    assert judge_window(judge.probability) == 3 and judge_window(StateDistanceJudge()) == 1
+    assert judge_window(judge.probability) == 3 and judge_window(StateDistanceJudge.for_task("push-v3")) == 1
     env = imagined(tiny_world_model_dir, judge=judge.probability, steps=8)
     env.reset(options={"observations": initial(real_env)})
     for _ in range(8):
