@@ -71,6 +71,14 @@ def results_lines(paths: list[str]) -> list[str]:
     return lines
 
 
+def dataset_task(root: str) -> str:
+    """What the training data shows, as the recorder wrote it (LeRobot's meta/tasks.parquet), for the card's title."""
+    import pandas as pd
+
+    path = Path(root) / "meta" / "tasks.parquet"
+    return "; ".join(pd.read_parquet(path).index) if path.exists() else f"the dataset at {root}"
+
+
 def package_model(cfg: PackageConfig) -> Path:
     train_dir = Path(cfg.train_dir)
     note = " ".join(x for x in (cfg.note, Path(cfg.note_file).read_text().strip() if cfg.note_file else "") if x)
@@ -90,15 +98,16 @@ def package_model(cfg: PackageConfig) -> Path:
     validation = [m for m in metrics if "val/psnr_open_loop" in m]
     last_val = validation[-1] if validation else {}
     t, mc = train_config["train"], model.cfg
+    task = dataset_task(t["dataset"]["root"])
     card = [
-        f"# worldmodel `{cfg.name}`: MetaWorld push-v3", "",
+        f"# worldmodel `{cfg.name}`: MetaWorld, {task}", "",
         note, "",
         f"An action-conditioned multi-view video diffusion transformer (`VideoDiT`, preset `{mc.preset}`, "
         f"{summary['parameters'] / 1e6:.1f} M parameters, {mc.hidden_size} wide, {mc.depth} blocks) over "
         f"{mc.num_views} views ({', '.join(k.removeprefix('observation.images.') for k in mc.camera_keys)}) at "
         f"{mc.image_size}x{mc.image_size} pixels, one world-model frame per {mc.frame_stride} env actions "
         f"({mc.fps / mc.frame_stride:g} frames per second of robot time). EMA weights, stored in fp16.", "",
-        "## Data", f"`{t['dataset']['root']}`: MetaWorld push-v3 recorded with `data/metaworld/record.py` "
+        "## Data", f"`{t['dataset']['root']}`: MetaWorld, {task}, recorded with `data/metaworld/record.py` "
         f"(scripted expert with per-episode noise and biased detours, some episodes ending in waypoint tours); "
         f"the last {t['train']['val_episodes']} episode(s) held out for validation.", "",
         "## Training",
@@ -114,9 +123,9 @@ def package_model(cfg: PackageConfig) -> Path:
         "## Results", *(results_lines(cfg.results) or ["- none yet"]), "",
         "## Use",
         "```python", "from worldmodel.world import WorldModel",
-        f"world = WorldModel.from_pretrained(\"pretrained/metaworld_push/{cfg.name}\", batch_size=1)", "```", "",
-        "The exact training configuration is `train_config.json`; `eval/recipes/metaworld_push.sh` rebuilds the "
-        "shipped models from scratch.",
+        f"world = WorldModel.from_pretrained(\"{cfg.dest}/{cfg.name}\", batch_size=1)", "```", "",
+        "The exact training configuration is `train_config.json`; `eval/recipes/metaworld_push.sh` (with `TASK=` "
+        "the MetaWorld task) rebuilds the shipped models from scratch.",
     ]
     (tmp / "README.md").write_text("\n".join(card) + "\n")
     replace_folder(tmp, final)
@@ -134,7 +143,7 @@ def package_judge(cfg: PackageConfig) -> Path:
     (tmp / "judge_report.json").write_text(json.dumps(report, indent=2))
     val, jc = report.get("val") or {}, judge.cfg
     card = [
-        "# worldmodel success judge: MetaWorld push-v3", "",
+        f"# worldmodel success judge: MetaWorld, {dataset_task(report['config']['dataset']['root'])}", "",
         f"A small CNN over the last {jc.frames} world-model frames of every view ({jc.num_views} views, "
         f"{jc.image_size} px){' and the state' if jc.use_state else ''}, trained (`wm judge`) on the per-frame "
         f"success flags of `{report['config']['dataset']['root']}` (episodes {report['episodes']['train'][0]}-"
@@ -143,7 +152,7 @@ def package_judge(cfg: PackageConfig) -> Path:
         f"{fmt(val.get('precision'))}, recall {fmt(val.get('recall'))} over {val.get('n', 0)} windows. "
         f"GPU time: {cfg.gpu_time}.", "",
         "```python", "from worldmodel.judge import SuccessJudge",
-        "judge = SuccessJudge.from_pretrained(\"pretrained/metaworld_push/judge\")",
+        f"judge = SuccessJudge.from_pretrained(\"{cfg.dest}/judge\")",
         "probability = judge.probability(frames, states, task)  # frames (B, K, V, 3, H, W) uint8", "```",
     ]
     (tmp / "README.md").write_text("\n".join(card) + "\n")

@@ -156,6 +156,17 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
     return episode
 
 
+# The language instruction stored with every frame (LeRobot's `task`), for the tasks this project has recorded.
+TASK_SENTENCES = {
+    "push-v3": "Push the puck to the goal",
+    "reach-v3": "Reach the goal with the gripper",
+}
+
+
+def task_sentence(task: str) -> str:
+    return f"{TASK_SENTENCES.get(task, 'Solve the MetaWorld task')} ({task})"
+
+
 def _worker_rollout(args: tuple) -> dict:
     return rollout_episode(_worker_env, *args)
 
@@ -204,7 +215,7 @@ def record(cfg: RecordConfig) -> Path:
     jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob)
             for i in range(start, cfg.episodes)]
     workers = cfg.workers or max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
-    task = f"Push the puck to the goal ({cfg.env.task})"
+    task = task_sentence(cfg.env.task)
 
     # SIGTERM behaves like Ctrl-C: stop after the current episode is either fully written or dropped.
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -5,6 +5,11 @@
 #     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the tiny design on 2 CPU cores: ~30 min recording,
 #                                                      # ~90 min training (6,400 steps, capped at TINY_MINUTES), ~60 min of benchmarks
 #     SCALE=smoke bash eval/recipes/metaworld_push.sh  # the same steps at toy sizes (a few minutes on a CPU)
+#     TASK=reach-v3 SCALE=cpu bash eval/recipes/metaworld_push.sh  # any MetaWorld v3 task with a scripted expert
+#
+# TASK (default push-v3) names the MetaWorld v3 task: the recorder drives its scripted expert, the ranked family
+# degrades that expert, the state rule is the task's own. Other tasks than push get their own folders and run
+# names (metaworld_<task>, <scale>_<task>), so they never overwrite push's.
 #
 # Steps: record the training set (parallel workers) and held-out long tours -> train the `small` and
 # `tiny` world models and the success judge -> package them into pretrained/metaworld_push (fp16, model
@@ -18,11 +23,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCALE=${SCALE:-gpu}
+TASK=${TASK:-push-v3}
+SLUG=${TASK%-v[0-9]*}; SLUG=${SLUG//-/_}  # reach-v3 -> reach, button-press-v3 -> button_press
+# push keeps its historical folder and run names; another task gets its own
+if [[ $TASK == push-v3 ]]; then SUFFIX=""; else SUFFIX="_$SLUG"; fi
 if [[ $SCALE == smoke ]]; then
   : "${EPISODES:=6}" "${EPISODE_STEPS:=60}" "${TOUR_AFTER:=30}" "${PLAY_TOURS:=1}" "${PLAY_STEPS:=60}" "${LONG_EPISODES:=2}" "${HORIZONS:=[0.5,1.0]}"
   : "${SMALL_STEPS:=4}" "${TINY_STEPS:=4}" "${BATCH:=2}" "${JUDGE_STEPS:=10}" "${JUDGE_VAL:=2}" "${RANK_EPISODES:=1}" "${VAL_CLIPS:=1}"
   : "${SPEED_ARGS:=--short_horizon=4 --long_horizon=8 --naive_horizon=4 --call_frames=4 --batch_sizes=[1,2] --batched_frames=4}"
-  : "${TRAIN_SPEED_ARGS:=--presets=[tiny] --steps=1}" "${IMPROVE:=0}" "${RUN:=smoke}" "${WORK:=outputs/recipe_smoke}"
+  : "${TRAIN_SPEED_ARGS:=--presets=[tiny] --steps=1}" "${IMPROVE:=0}" "${RUN:=smoke$SUFFIX}" "${WORK:=outputs/recipe_smoke$SUFFIX}"
   : "${DEST:=$WORK/pretrained}" "${RESULTS:=$WORK/results}" "${NUM_WORKERS:=0}"
 elif [[ $SCALE == cpu ]]; then
   # The default model on 2 CPU cores: only `tiny`, trained for a wall-clock budget (cosine schedule sized to
@@ -31,36 +40,36 @@ elif [[ $SCALE == cpu ]]; then
   : "${MODELS:=tiny}" "${TINY_STEPS:=6400}" "${TINY_MINUTES:=100}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=200}"
   : "${JUDGE_STEPS:=600}" "${JUDGE_VAL:=8}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=8}" "${RANK_MODEL:=tiny}"
   : "${SPEED_ARGS:=--preset=tiny --batch_sizes=[1,16]}" "${TRAIN_SPEED_ARGS:=--presets=[tiny]}" "${IMPROVE:=0}"
-  : "${RUN:=cpu}" "${WORK:=outputs/recipe_cpu}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}"
+  : "${RUN:=cpu$SUFFIX}" "${WORK:=outputs/recipe_cpu$SUFFIX}" "${DEST:=pretrained/metaworld_$SLUG}" "${RESULTS:=eval/results}"
   : "${NUM_WORKERS:=0}" "${RECORD_WORKERS:=2}" "${FIDELITY_VARIANTS:=[full,no_memory,one_step,no_state_range]}" "${TRAIN_SPEED:=0}"
 else
   : "${EPISODES:=400}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${PLAY_TOURS:=80}" "${PLAY_STEPS:=800}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
   : "${SMALL_STEPS:=6000}" "${TINY_STEPS:=4000}" "${BATCH:=64}" "${JUDGE_STEPS:=2000}" "${JUDGE_VAL:=20}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=16}"
   : "${SPEED_ARGS:=--preset=small --batch_sizes=[1,16,128]}" "${TRAIN_SPEED_ARGS:=}" "${IMPROVE:=1}" "${RUN:=gpu}"
-  : "${WORK:=outputs/recipe}" "${DEST:=pretrained/metaworld_push}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
+  : "${WORK:=outputs/recipe$SUFFIX}" "${DEST:=pretrained/metaworld_$SLUG}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
 fi
 # Defaults shared by the GPU and smoke scales (the cpu scale sets its own above).
 : "${LR:=1e-3}" "${TRAIN_SPEED:=1}" "${MODELS:=small tiny}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk]}" "${RANK_MODEL:=small}" "${RECORD_WORKERS:=0}" "${TINY_MINUTES:=}" "${CHECKPOINT_EVERY:=}"
 PY=${PYTHON:-python}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
-TRAIN_DATA=$WORK/datasets/metaworld_push
-LONG_DATA=$WORK/datasets/metaworld_push_long
+TRAIN_DATA=$WORK/datasets/metaworld_$SLUG
+LONG_DATA=$WORK/datasets/metaworld_${SLUG}_long
 GPU_TIME_START=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - GPU_TIME_START )) s so far)"; }
 
 step "1/7 record the training set and the held-out long tours"
-$PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_push --episodes="$EPISODES" \
-  --env.max_episode_steps="$EPISODE_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=0.5 --workers="$RECORD_WORKERS"
+$PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_$SLUG --episodes="$EPISODES" \
+  --env.task="$TASK" --env.max_episode_steps="$EPISODE_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=0.5 --workers="$RECORD_WORKERS"
 # Play data: long waypoint tours appended to the training set (their seeds continue after the push episodes'), so
 # the model sees the hand far from the puck, the puck at rest, dropped and knocked, for as long as the held-out
 # tours last. Without them a state model fitted on the push episodes predicts the puck 1-frame ahead in the tours
 # worse than holding it still (eval/results/state_data_probe_cpu.md).
-$PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_push --episodes=$(( EPISODES + PLAY_TOURS )) \
-  --env.max_episode_steps="$PLAY_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=1.0 --workers="$RECORD_WORKERS"
+$PY -m data.metaworld.record --root="$TRAIN_DATA" --repo_id=local/metaworld_$SLUG --episodes=$(( EPISODES + PLAY_TOURS )) \
+  --env.task="$TASK" --env.max_episode_steps="$PLAY_STEPS" --tour_after="$TOUR_AFTER" --tour_prob=1.0 --workers="$RECORD_WORKERS"
 # 20 s of robot time is 1600 env steps; seeds far from the training set's.
 LONG_STEPS=$($PY -c "import json; print(int(max(json.loads('$HORIZONS')) * 80) + 20)")
-$PY -m data.metaworld.record --root="$LONG_DATA" --repo_id=local/metaworld_push_long --episodes="$LONG_EPISODES" \
-  --env.max_episode_steps="$LONG_STEPS" --tour_after=120 --seed=1000000 --workers="$RECORD_WORKERS"
+$PY -m data.metaworld.record --root="$LONG_DATA" --repo_id=local/metaworld_${SLUG}_long --episodes="$LONG_EPISODES" \
+  --env.task="$TASK" --env.max_episode_steps="$LONG_STEPS" --tour_after=120 --seed=1000000 --workers="$RECORD_WORKERS"
 
 step "2/7 train the world models and the judge"
 train() {  # name preset steps [minutes]
@@ -95,13 +104,13 @@ $PY -m eval.package --judge_dir="$WORK/judge" --dest="$DEST" --gpu_time="$TIME_N
 step "4/7 fidelity: horizons, ablations, revisits"
 for name in $MODELS; do
   [[ -f $RESULTS/fidelity_${RUN}_$name.json ]] && { echo "fidelity $name: done"; continue; }
-  $PY -m eval.fidelity --model="$DEST/$name" --dataset.root="$LONG_DATA" --dataset.repo_id=local/metaworld_push_long \
+  $PY -m eval.fidelity --model="$DEST/$name" --dataset.root="$LONG_DATA" --dataset.repo_id=local/metaworld_${SLUG}_long \
     --episodes="$LONG_EPISODES" --horizons_s="$HORIZONS" --run="${RUN}_$name" --results_dir="$RESULTS" \
     --baseline_dataset.root="$TRAIN_DATA" --variants="$FIDELITY_VARIANTS" --output_dir="$WORK/fidelity"
 done
 
 step "5/7 ranking: the whole policy family in imagination vs the simulator"
-$PY -m eval.rank --model="$DEST/$RANK_MODEL" --judge="$DEST/judge" --episodes="$RANK_EPISODES" --run="${RUN}_$RANK_MODEL" \
+$PY -m eval.rank --model="$DEST/$RANK_MODEL" --judge="$DEST/judge" --episodes="$RANK_EPISODES" --run="${RUN}_$RANK_MODEL" --task="$TASK" \
   --results_dir="$RESULTS" --output_dir="$WORK/rank" --resume=true  # finished (policy, episode) pairs are kept
 
 step "6/7 speed: streaming (single, batched, naive) and training throughput / MFU"
