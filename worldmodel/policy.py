@@ -52,14 +52,18 @@ class LeRobotPolicy:
     """A LeRobot `PreTrainedPolicy` (ACT, Diffusion Policy, ...) behind the batched protocol.
 
     Images arrive as uint8 HWC and are handed to LeRobot as float CHW in [0, 1], the way LeRobot's own
-    env wrappers do; `task` is passed for language-conditioned policies."""
+    env wrappers do; `task` is passed for language-conditioned policies. `key_map` names, for a policy input
+    the observation does not hold under that name, the observation key that feeds it (e.g. a state-only ACT's
+    `observation.environment_state` <- `observation.state`)."""
 
-    def __init__(self, policy, preprocessor, postprocessor, task: str = "", name: str | None = None):
+    def __init__(self, policy, preprocessor, postprocessor, task: str = "", name: str | None = None,
+                 key_map: dict[str, str] | None = None):
         self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
         self.task = task
         self.name = name or type(policy).__name__
         self.device = next(policy.parameters()).device
         self.expected_keys = list(policy.config.input_features)
+        self.key_map = dict(key_map or {})
 
     @classmethod
     def from_pretrained(cls, path: str, task: str = "", **kwargs) -> "LeRobotPolicy":
@@ -77,12 +81,13 @@ class LeRobotPolicy:
 
     @torch.no_grad()
     def select_action(self, observation: dict) -> np.ndarray:
-        missing = [k for k in self.expected_keys if k not in observation]
+        sources = {key: self.key_map.get(key, key) for key in self.expected_keys}
+        missing = [f"{k} (from {s})" if s != k else k for k, s in sources.items() if s not in observation]
         if missing:
             raise KeyError(f"observation: the policy needs {missing}; got {sorted(observation)}")
         batch = {}
         for key in self.expected_keys:
-            value = torch.as_tensor(np.asarray(observation[key]))
+            value = torch.as_tensor(np.asarray(observation[sources[key]]))
             if key.startswith("observation.images"):
                 value = value.permute(0, 3, 1, 2).float() / 255.0 if value.dtype == torch.uint8 else value.float()
             batch[key] = value.float().to(self.device)

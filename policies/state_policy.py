@@ -1,0 +1,127 @@
+"""Recipe: a LeRobot policy that reads the state only, trained by LeRobot's own trainer in minutes on a CPU.
+
+    python -m policies.state_policy --dataset_root=outputs/datasets/metaworld_reach \\
+        --repo_id=local/metaworld_reach --episodes='[0,1,2]' --steps=300 --output_dir=outputs/policies/act_state
+
+ACT (and Diffusion Policy) accept no input but images or an *environment* state, and lerobot's ACT also reads
+`observation.state` in every forward, so the policy reads the whole MetaWorld state vector (hand, objects, goal)
+under both names. It trains on a state-only copy of the chosen episodes (state, action, success flag; no video,
+so nothing is decoded), written through lerobot beside the output folder, and acts through `load_state_policy`,
+whose adapter feeds both inputs from the env's `observation.state`: the same policy runs in MetaWorld and inside
+the world model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldmodel.dataset import write_episode
+from worldmodel.policy import LeRobotPolicy
+
+POLICY_STATE_KEY = "observation.environment_state"
+KEY_MAP = {POLICY_STATE_KEY: "observation.state"}  # the policy's input <- the env's observation
+
+
+@dataclass
+class StatePolicyConfig:
+    dataset_root: str = "outputs/datasets/metaworld_reach"
+    repo_id: str = "local/metaworld_reach"
+    episodes: list[int] | None = None  # episodes of the dataset to train on (None: all)
+    steps: int = 300
+    output_dir: str = "outputs/policies/act_state"
+    batch_size: int = 64
+    dim_model: int = 64
+    chunk_size: int = 8  # actions predicted at once; all of them are executed before the next prediction
+    lr: float = 1e-4
+    device: str = "cpu"
+    seed: int = 0
+    init_from: str | None = None  # a pretrained_model folder to fine-tune (its architecture is kept)
+
+
+def state_only_copy(src_root: str, repo_id: str, episodes: list[int] | None, dest: Path) -> Path:
+    """The chosen episodes of a LeRobotDataset as a state-only LeRobotDataset at `dest` (written beside it, then
+    renamed: `dest` is either whole or absent). An existing `dest` is reused."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    if (dest / "meta" / "info.json").exists():
+        return dest
+    source = LeRobotDataset(repo_id, root=src_root)
+    table = source.hf_dataset.with_format("numpy")
+    columns = ["observation.state", "action", "episode_index", "task_index"]
+    has_success = "next.success" in table.column_names
+    data = {c: np.asarray(table[c]) for c in columns + (["next.success"] if has_success else [])}
+    tasks = {int(i): str(t) for t, i in zip(source.meta.tasks.index, source.meta.tasks["task_index"])}
+    state_feature = {"dtype": "float32", "shape": (data["observation.state"].shape[1],), "names": None}
+    features = {"observation.state": state_feature, POLICY_STATE_KEY: state_feature,
+                "action": {"dtype": "float32", "shape": (data["action"].shape[1],), "names": None}}
+    if has_success:
+        features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy = LeRobotDataset.create(repo_id + "_state", fps=source.meta.fps, features=features, root=tmp,
+                                 robot_type=source.meta.robot_type)
+    wanted = sorted(set(data["episode_index"].tolist())) if episodes is None else episodes
+    for e in wanted:
+        rows = np.flatnonzero(data["episode_index"] == e)
+        if len(rows) == 0:
+            raise ValueError(f"episodes: {e} is not an episode of {src_root}")
+        frames = ({"observation.state": data["observation.state"][r].astype(np.float32),
+                   POLICY_STATE_KEY: data["observation.state"][r].astype(np.float32),
+                   "action": data["action"][r].astype(np.float32),
+                   **({"next.success": data["next.success"][r].reshape(1).astype(bool)} if has_success else {})}
+                  for r in rows)
+        write_episode(copy, frames, tasks[int(data["task_index"][rows[0]])])
+    copy.finalize()
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def lerobot_train_command(cfg: StatePolicyConfig, data_root: Path) -> list[str]:
+    if cfg.init_from is not None:  # fine-tuning: lerobot takes type and shape from the checkpoint
+        policy = [f"--policy.path={cfg.init_from}"]
+    else:
+        policy = ["--policy.type=act", f"--policy.dim_model={cfg.dim_model}",
+                  f"--policy.dim_feedforward={4 * cfg.dim_model}", "--policy.n_encoder_layers=2",
+                  f"--policy.chunk_size={cfg.chunk_size}",
+                  f"--policy.n_action_steps={cfg.chunk_size}"]
+    return [sys.executable, "-m", "lerobot.scripts.lerobot_train", f"--dataset.repo_id={cfg.repo_id}_state",
+            f"--dataset.root={data_root}", *policy, f"--policy.optimizer_lr={cfg.lr}", "--policy.push_to_hub=false",
+            f"--policy.device={cfg.device}", f"--steps={cfg.steps}", f"--save_freq={cfg.steps}",
+            f"--batch_size={cfg.batch_size}", f"--output_dir={cfg.output_dir}", f"--seed={cfg.seed}",
+            "--wandb.enable=false", "--eval_freq=0", "--num_workers=0", "--log_freq=100"]
+
+
+def train_state_policy(cfg: StatePolicyConfig) -> Path:
+    """The state-only copy, then lerobot-train; returns the final checkpoint's pretrained_model folder (an existing
+    one is reused, so an interrupted caller resumes)."""
+    out = Path(cfg.output_dir)
+    checkpoint = out / "checkpoints" / f"{cfg.steps:06d}" / "pretrained_model"
+    if checkpoint.exists():
+        return checkpoint
+    shutil.rmtree(out, ignore_errors=True)  # lerobot-train refuses an existing output folder
+    data_root = state_only_copy(cfg.dataset_root, cfg.repo_id, cfg.episodes, out.with_name(out.name + "_data"))
+    subprocess.run(lerobot_train_command(cfg, data_root), check=True)
+    if not checkpoint.exists():
+        raise RuntimeError(f"lerobot-train finished without {checkpoint}")
+    return checkpoint
+
+
+def load_state_policy(path: str, task: str = "", name: str | None = None) -> LeRobotPolicy:
+    return LeRobotPolicy.from_pretrained(str(path), task=task, name=name, key_map=KEY_MAP)
+
+
+def main() -> None:
+    import draccus
+
+    print(train_state_policy(draccus.parse(StatePolicyConfig)))
+
+
+if __name__ == "__main__":
+    main()
