@@ -1,20 +1,26 @@
 """The policy-improvement loop, measured in the real simulator (Ctrl-World's second result, as a command).
 
-    python -m eval.improve --model=outputs/train/small/model --judge=outputs/judge/metaworld_push
+    python -m eval.improve --model=pretrained/metaworld_reach/tiny --judge=pretrained/metaworld_reach/judge \\
+        --dataset_root=outputs/recipe_cpu_reach/datasets/metaworld_reach --repo_id=local/metaworld_reach \\
+        --task=reach-v3 --run=cpu_reach
 
-1. A weak policy: LeRobot ACT trained (`lerobot-train`) on only `weak_demos` real demonstrations.
-2. Imagine `starts x seeds_per_start` rollouts of it in the world model; keep the judged successes.
-3. Fine-tune the weak policy (`lerobot-train --policy.path=weak`) on
-      a. the imagined successes,
-      b. the same number of *real* demonstrations (episodes the weak policy never saw),
-      c. the same number of unfiltered imagined rollouts (judge ignored).
-4. Real success in MetaWorld before and after, all on the same env seeds, with Wilson 95% intervals.
-Results: eval/results/improve_<run>.json and .md.
+1. A weak policy: a state-only LeRobot ACT (`policies.state_policy`, `lerobot-train`) trained on only
+   `weak_demos` real demonstrations for `weak_steps` steps: minutes on a CPU.
+2. Imagine `starts x seeds_per_start` rollouts of it in the world model, from the first frames of the
+   dataset's episodes, each after `warmup_random_steps` random actions (a perturbed start); `wm imagine`
+   writes the judged successes as a LeRobotDataset, and the same number of unfiltered rollouts beside them.
+3. Fine-tune the weak policy (`--policy.path=weak`) for `finetune_steps` steps, each arm on the same number of
+   episodes: a. the imagined successes, b. real demonstrations the weak policy never saw, c. unfiltered
+   imagined rollouts (the judge ignored).
+4. Real success in MetaWorld before and after, every arm on the same `eval_episodes` env seeds, with Wilson
+   95% intervals, and the difference after - before with Newcombe's interval (the hybrid score interval for
+   a difference of two proportions).
+Results: eval/results/improve_<run>.json and .md. Every step's output is kept under `output_dir`, so a rerun
+after an interruption reuses what is finished.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -25,41 +31,41 @@ import numpy as np
 from tqdm import tqdm
 
 from eval.report import write_result
-from policies.train_visual import TrainVisualConfig, train_visual
+from policies.state_policy import StatePolicyConfig, load_state_policy, train_state_policy
 from worldmodel.dataset import DatasetConfig
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
 from worldmodel.imagine import ImagineConfig, Imaginer
-from worldmodel.judge import SuccessJudge
-from worldmodel.model import VideoDiT
-from worldmodel.policy import LeRobotPolicy
+from worldmodel.judge import StateDistanceJudge, SuccessJudge
 from worldmodel.sampler import SamplerConfig
 
 
 @dataclass
 class ImproveConfig:
-    model: str = "outputs/train/tiny_cpu/model"
-    judge: str = "outputs/judge/metaworld_push"
-    dataset_root: str = "outputs/datasets/metaworld_push"
-    repo_id: str = "local/metaworld_push"
-    task: str = "push-v3"
+    model: str = "pretrained/metaworld_reach/tiny"
+    judge: str | None = "pretrained/metaworld_reach/judge"  # a SuccessJudge folder; None: the task's state rule
+    dataset_root: str = "outputs/recipe_cpu_reach/datasets/metaworld_reach"
+    repo_id: str = "local/metaworld_reach"
+    task: str = "reach-v3"
     weak_demos: int = 3
-    weak_steps: int = 300
+    weak_steps: int = 200
     finetune_steps: int = 200
-    starts: int = 8
-    seeds_per_start: int = 4
+    starts: int = 50
+    seeds_per_start: int = 2
+    warmup_random_steps: int = 8
     threshold: float = 0.5  # judge probability above which an imagined rollout counts as a success
-    eval_episodes: int = 20
+    eval_episodes: int = 50
     eval_seed: int = 2000
     max_episode_steps: int = 120
-    batch_size: int = 32
-    dim_model: int = 64
+    batch_size: int = 50
     device: str = "cpu"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    run: str = "cpu"
+    seed: int = 0
+    run: str = "cpu_reach"
     output_dir: str = "outputs/improve"
     results_dir: str = "eval/results"
 
 
+# -- statistics ------------------------------------------------------------------------------------------------
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     if n == 0:
         return [float("nan"), float("nan")]
@@ -69,9 +75,19 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]  # clamped: float error gave -0.00
 
 
-def real_success(checkpoint: Path, cfg: ImproveConfig, cameras: list[str], image_size: int) -> dict:
-    policy = LeRobotPolicy.from_pretrained(str(checkpoint), task=f"Push the puck to the goal ({cfg.task})")
-    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=cameras, image_size=image_size,
+def difference_interval(k_after: int, n_after: int, k_before: int, n_before: int) -> list[float]:
+    """95% interval of p_after - p_before (Newcombe 1998, method 10: from the two Wilson intervals)."""
+    p1, p0 = k_after / n_after, k_before / n_before
+    (l1, u1), (l0, u0) = wilson(k_after, n_after), wilson(k_before, n_before)
+    d = p1 - p0
+    return [d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)]
+
+
+# -- the steps -------------------------------------------------------------------------------------------------
+def real_success(checkpoint: Path, cfg: ImproveConfig) -> dict:
+    """The policy's success in MetaWorld on env seeds eval_seed.. (state only: nothing is rendered after reset)."""
+    policy = load_state_policy(str(checkpoint), task=cfg.task)
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=["corner"], image_size=32,
                                                 max_episode_steps=cfg.max_episode_steps))
     outcomes = []
     for e in tqdm(range(cfg.eval_episodes), desc=f"real episodes of {checkpoint.parent.parent.parent.name}",
@@ -79,81 +95,117 @@ def real_success(checkpoint: Path, cfg: ImproveConfig, cameras: list[str], image
         obs, _ = env.reset(seed=cfg.eval_seed + e)
         policy.reset()
         for _ in range(cfg.max_episode_steps):
-            obs, _, _, _, info = env.step(np.clip(policy.select_action({k: v[None] for k, v in obs.items()})[0], -1, 1))
+            action = np.clip(policy.select_action({"observation.state": obs["observation.state"][None]})[0], -1, 1)
+            obs, _, _, _, info = env.step_state_only(action)
         outcomes.append(bool(info["is_success"]))
     env.close()
     k = int(sum(outcomes))
-    return {"success": k / len(outcomes), "interval": wilson(k, len(outcomes)), "n": len(outcomes), "per_episode": outcomes}
+    return {"success": k / len(outcomes), "successes": k, "n": len(outcomes), "interval": wilson(k, len(outcomes)),
+            "per_episode": outcomes}
+
+
+def load_judge(cfg: ImproveConfig):
+    if cfg.judge is None:
+        rule = StateDistanceJudge.for_task(cfg.task)
+        return rule, rule.describe()
+    return SuccessJudge.from_pretrained(cfg.judge).eval().probability, cfg.judge
+
+
+def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[int], list[int]]:
+    """Rollouts of the weak policy in the world model, every one written by `wm imagine`'s Imaginer with the judge's
+    score (it resumes from its ledger); -> the dataset, its episodes in job order, and those judged successful."""
+    judge, judge_name = load_judge(cfg)
+    root = out / "imagined"
+    ledger = Imaginer(ImagineConfig(
+        model=cfg.model, judge=judge_name, policies=["weak"],
+        dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id), output_root=str(root),
+        repo_id="local/imagined", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
+        warmup_random_steps=cfg.warmup_random_steps, max_episode_steps=cfg.max_episode_steps,
+        threshold=cfg.threshold, keep_failures=True, batch_size=cfg.batch_size, sampler=cfg.sampler, seed=cfg.seed,
+        device=cfg.device), {"weak": load_state_policy(str(weak), task=cfg.task)}, judge).run()
+    jobs = sorted(ledger["jobs"].values(), key=lambda j: j["episode_index"])
+    return root, [j["episode_index"] for j in jobs], [j["episode_index"] for j in jobs if j["score"] >= cfg.threshold]
+
+
+def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], successes: list[int], total: int,
+                     notes: list):
+    """Each arm's (root, repo_id, episodes), all with the same number of episodes."""
+    unseen_real = [e for e in range(total) if e >= cfg.weak_demos]
+    n = min(len(successes), len(unseen_real))
+    if n < len(successes):
+        notes.append(f"every arm is capped at {n} episodes: only {len(unseen_real)} real demonstrations are unseen")
+    random.Random(cfg.seed).shuffle(unseen_real)
+    unfiltered = list(episodes)
+    random.Random(cfg.seed + 1).shuffle(unfiltered)  # a random draw of rollouts, successes and failures alike
+    return n, {
+        "imagined_successes": (imagined, "local/imagined", sorted(successes[:n])),
+        "real_demos": (cfg.dataset_root, cfg.repo_id, sorted(unseen_real[:n])),
+        "imagined_unfiltered": (imagined, "local/imagined", sorted(unfiltered[:n])),
+    }
+
+
+def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int, n: int, notes: list) -> list[str]:
+    before = results["before"]
+    judge = cfg.judge or "the task's state rule"
+    lines = [f"# Policy improvement from imagined data: {cfg.run}", "",
+             f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`. Weak policy: state-only ACT "
+             f"(`policies.state_policy`) trained on {cfg.weak_demos} real demonstrations for {cfg.weak_steps} steps. "
+             f"{n_rollouts} imagined rollouts of it ({cfg.starts} dataset starts x {cfg.seeds_per_start} seeds, "
+             f"{cfg.warmup_random_steps} random steps first), {n_kept} judged successful. Each arm fine-tunes the "
+             f"weak policy for {cfg.finetune_steps} steps on {n} episodes. Real success on the same {cfg.eval_episodes} "
+             f"MetaWorld episodes (env seeds {cfg.eval_seed}+) for every row; Wilson 95% intervals, and Newcombe's "
+             "interval for the difference from before.", "",
+             "| policy | real success | 95% interval | change vs before (points) | 95% interval of the change |",
+             "| --- | ---: | --- | ---: | --- |"]
+    for name, r in results.items():
+        if name == "before":
+            change = "", ""
+        else:
+            lo, hi = r["change_interval"]
+            change = f"{100 * r['change']:+.0f}", f"[{100 * lo:+.0f}, {100 * hi:+.0f}]"
+        lines.append(f"| {name} | {r['success']:.2f} | [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}] | "
+                     f"{change[0]} | {change[1]} |")
+    return lines + [""] + [f"Note: {n}" for n in notes] + ["", "Command:", "", f"    {command(cfg)}"]
+
+
+def command(cfg: ImproveConfig) -> str:
+    return "python -m eval.improve " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items() if k != "sampler")
 
 
 def improve(cfg: ImproveConfig) -> dict:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    started = time.time()
-    out = Path(cfg.output_dir)
-    model = VideoDiT.from_pretrained(cfg.model)
-    cameras = [k.removeprefix("observation.images.") for k in model.cfg.camera_keys]
+    started, out, notes = time.time(), Path(cfg.output_dir), []
     total = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root).total_episodes
-    weak_episodes = list(range(cfg.weak_demos))
+    policy_cfg = StatePolicyConfig(dataset_root=cfg.dataset_root, repo_id=cfg.repo_id, device=cfg.device, seed=cfg.seed)
 
-    def act(name, root, repo_id, steps, episodes, init_from=None):
-        return train_visual(TrainVisualConfig(
-            dataset_root=str(root), repo_id=repo_id, budgets=[steps], output_dir=str(out / name),
-            batch_size=8, dim_model=cfg.dim_model, chunk_size=8, device=cfg.device, init_from=init_from,
-            extra_args=["--num_workers=0", f"--dataset.episodes={json.dumps(episodes).replace(' ', '')}"]))[0]
+    # 1. The weak policy, and where it starts.
+    weak = train_state_policy(StatePolicyConfig(**{**asdict(policy_cfg), "episodes": list(range(cfg.weak_demos)),
+                                                   "steps": cfg.weak_steps, "output_dir": str(out / "weak")}))
+    results = {"before": real_success(weak, cfg)}
 
-    # 1. The weak policy.
-    weak = act("weak", cfg.dataset_root, cfg.repo_id, cfg.weak_steps, weak_episodes)
+    # 2. Imagined rollouts of it, each with the judge's score.
+    imagined, episodes, successes = imagine(cfg, weak, out)
+    n_kept = len(successes)
 
-    # 2. Imagined rollouts of it, filtered by the judge and unfiltered.
-    judge = SuccessJudge.from_pretrained(cfg.judge).eval()
-    datasets = {}
-    for name, threshold in (("imagined_successes", cfg.threshold), ("imagined_unfiltered", 0.0)):
-        policy = {"weak": LeRobotPolicy.from_pretrained(str(weak))}
-        ledger = Imaginer(ImagineConfig(
-            model=cfg.model, judge=cfg.judge, policies=["weak"],
-            dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id), output_root=str(out / name),
-            repo_id=f"local/{name}", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
-            max_episode_steps=cfg.max_episode_steps, threshold=threshold, batch_size=cfg.batch_size,
-            sampler=cfg.sampler, device=None if cfg.device == "cuda" else cfg.device), policy, judge.probability).run()
-        datasets[name] = [j for j in ledger["jobs"].values() if j["episode_index"] is not None]
-    n_kept = len(datasets["imagined_successes"])
-
-    # 3. Fine-tune on the same number of episodes from each source.
-    results = {"before": real_success(weak, cfg, cameras, model.cfg.image_size)}
-    notes = []
-    unseen_real = [e for e in range(total) if e not in weak_episodes]
-    n = min(n_kept, len(unseen_real))
+    # 3. Fine-tune on the same number of episodes from each source, 4. measured on the same real seeds.
+    n, sources = finetune_sources(cfg, imagined, episodes, successes, total, notes)
     if n == 0:
         notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
-    else:
-        random.Random(0).shuffle(unseen_real)
-        sources = {
-            "imagined_successes": (out / "imagined_successes", "local/imagined_successes", list(range(n))),
-            "real_demos": (cfg.dataset_root, cfg.repo_id, sorted(unseen_real[:n])),
-            "imagined_unfiltered": (out / "imagined_unfiltered", "local/imagined_unfiltered",
-                                    list(range(min(n, len(datasets["imagined_unfiltered"]))))),
-        }
-        if n < n_kept:
-            notes.append(f"only {len(unseen_real)} real demonstrations are left unseen: every arm uses {n} episodes")
-        for name, (root, repo_id, episodes) in sources.items():
-            tuned = act(f"finetuned_{name}", root, repo_id, cfg.finetune_steps, episodes, init_from=str(weak))
-            results[f"after_{name}"] = {**real_success(tuned, cfg, cameras, model.cfg.image_size),
-                                        "finetune_episodes": len(episodes)}
-    report = {"run": cfg.run, "results": results, "imagined_rollouts": cfg.starts * cfg.seeds_per_start,
-              "imagined_kept": n_kept, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
-              "command": "python -m eval.improve " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items()
-                                                              if k != "sampler")}
-    lines = [f"# Policy improvement from imagined data: {cfg.run}", "",
-             f"World model `{cfg.model}`, judge `{cfg.judge}`; weak ACT on {cfg.weak_demos} demos x {cfg.weak_steps} "
-             f"steps; {report['imagined_rollouts']} imagined rollouts, {n_kept} judged successful; fine-tuning "
-             f"{cfg.finetune_steps} steps. Real success on {cfg.eval_episodes} MetaWorld episodes (seeds "
-             f"{cfg.eval_seed}+), Wilson 95% intervals.", "", "| policy | real success | 95% interval |",
-             "| --- | ---: | --- |"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['success']:.2f} | [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}] |")
-    lines += [""] + [f"Note: {n}" for n in notes]
-    write_result(Path(cfg.results_dir) / f"improve_{cfg.run}.json", report, lines)
+    for name, (root, repo_id, episodes) in sources.items() if n else ():
+        tuned = train_state_policy(StatePolicyConfig(**{
+            **asdict(policy_cfg), "dataset_root": str(root), "repo_id": repo_id, "episodes": episodes,
+            "steps": cfg.finetune_steps, "output_dir": str(out / f"finetuned_{name}"), "init_from": str(weak)}))
+        r = real_success(tuned, cfg)
+        b = results["before"]
+        results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "change": r["success"] - b["success"],
+                                    "change_interval": difference_interval(r["successes"], r["n"], b["successes"], b["n"])}
+    n_rollouts = cfg.starts * cfg.seeds_per_start
+    report = {"run": cfg.run, "results": results, "imagined_rollouts": n_rollouts, "imagined_kept": n_kept,
+              "finetune_episodes": n, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
+              "command": command(cfg)}
+    write_result(Path(cfg.results_dir) / f"improve_{cfg.run}.json", report,
+                 report_lines(cfg, results, n_rollouts, n_kept, n, notes))
     return report
 
 
