@@ -192,7 +192,8 @@ def improve(cfg: ImproveConfig) -> dict:
     n, sources = finetune_sources(cfg, imagined, episodes, successes, total, notes)
     if n == 0:
         notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
-    for name, (root, repo_id, episodes) in sources.items() if n else ():
+        sources = {}
+    for name, (root, repo_id, episodes) in sources.items():
         tuned = train_state_policy(StatePolicyConfig(**{
             **asdict(policy_cfg), "dataset_root": str(root), "repo_id": repo_id, "episodes": episodes,
             "steps": cfg.finetune_steps, "output_dir": str(out / f"finetuned_{name}"), "init_from": str(weak)}))
