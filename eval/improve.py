@@ -169,7 +169,9 @@ def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int
 
 
 def command(cfg: ImproveConfig) -> str:
-    return "python -m eval.improve " + " ".join(f"--{k}={v}" for k, v in asdict(cfg).items() if k != "sampler")
+    # draccus reads null, not None, as None
+    return "python -m eval.improve " + " ".join(f"--{k}={'null' if v is None else v}"
+                                                for k, v in asdict(cfg).items() if k != "sampler")
 
 
 def improve(cfg: ImproveConfig) -> dict:
