@@ -72,11 +72,12 @@ def results_lines(paths: list[str]) -> list[str]:
 
 
 def dataset_task(root: str) -> str:
-    """What the training data shows, as the recorder wrote it (LeRobot's meta/tasks.parquet), for the card's title."""
-    import pandas as pd
+    """What the training data shows, as the recorder wrote it (LeRobot's task sentences), for the card's title."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    path = Path(root) / "meta" / "tasks.parquet"
-    return "; ".join(pd.read_parquet(path).index) if path.exists() else f"the dataset at {root}"
+    if not (Path(root) / "meta" / "tasks.parquet").exists():  # nothing local to read: never ask the hub
+        return f"the dataset at {root}"
+    return "; ".join(LeRobotDatasetMetadata("local/dataset", root=root).tasks.index)
 
 
 def package_model(cfg: PackageConfig) -> Path:

@@ -62,15 +62,17 @@ def state_only_copy(src_root: str, repo_id: str, episodes: list[int] | None, des
                 "action": {"dtype": "float32", "shape": (data["action"].shape[1],), "names": None}}
     if has_success:
         features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
+    present = sorted(set(data["episode_index"].tolist()))
+    wanted = present if episodes is None else episodes
+    absent = [e for e in wanted if e not in set(present)]
+    if absent:  # named before anything is written
+        raise ValueError(f"episodes: {absent} are not episodes of {src_root} (it has {len(present)}: {present[0]}..{present[-1]})")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     copy = LeRobotDataset.create(repo_id + "_state", fps=source.meta.fps, features=features, root=tmp,
                                  robot_type=source.meta.robot_type)
-    wanted = sorted(set(data["episode_index"].tolist())) if episodes is None else episodes
     for e in wanted:
         rows = np.flatnonzero(data["episode_index"] == e)
-        if len(rows) == 0:
-            raise ValueError(f"episodes: {e} is not an episode of {src_root}")
         frames = ({"observation.state": data["observation.state"][r].astype(np.float32),
                    POLICY_STATE_KEY: data["observation.state"][r].astype(np.float32),
                    "action": data["action"][r].astype(np.float32),

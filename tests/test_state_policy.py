@@ -18,9 +18,9 @@ def test_state_only_copy_holds_the_chosen_episodes_without_video(tiny_dataset_ro
     source_table = source.hf_dataset.with_format("numpy")
     wanted = np.isin(np.asarray(source_table["episode_index"]), [0, 2])
     np.testing.assert_allclose(states, np.asarray(source_table["observation.state"])[wanted])
-    with pytest.raises(ValueError, match="episodes: 7"):
-        state_only_copy(str(tiny_dataset_root), "test/tiny", [7], tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()  # nothing half-written is left under the final name
+    with pytest.raises(ValueError, match=r"episodes: \[7\] are not episodes"):
+        state_only_copy(str(tiny_dataset_root), "test/tiny", [0, 7], tmp_path / "bad")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # refused before anything was written
 
 
 def test_state_policy_trains_and_acts_on_the_state_alone(tiny_dataset_root, tmp_path):
