@@ -7,8 +7,8 @@
 1. A weak policy: a state-only LeRobot ACT (`policies.state_policy`, `lerobot-train`) trained on only
    `weak_demos` real demonstrations for `weak_steps` steps: minutes on a CPU.
 2. Imagine `starts x seeds_per_start` rollouts of it in the world model, from the first frames of the
-   dataset's episodes, each after `warmup_random_steps` random actions (a perturbed start); `wm imagine`
-   writes the judged successes as a LeRobotDataset, and the same number of unfiltered rollouts beside them.
+   dataset's episodes (optionally after `warmup_random_steps` random actions: a perturbed start); `wm imagine`
+   writes every rollout with its judged score as a LeRobotDataset.
 3. Fine-tune the weak policy (`--policy.path=weak`) for `finetune_steps` steps, each arm on the same number of
    episodes: a. the imagined successes, b. real demonstrations the weak policy never saw, c. unfiltered
    imagined rollouts (the judge ignored).
@@ -51,7 +51,9 @@ class ImproveConfig:
     finetune_steps: int = 200
     starts: int = 50
     seeds_per_start: int = 2
-    warmup_random_steps: int = 8
+    # Random actions before the policy starts. 0: start exactly as real episodes do. Uniform random actions also
+    # move the gripper, and a weak policy that never saw a half-closed gripper barely moves from there.
+    warmup_random_steps: int = 0
     threshold: float = 0.5  # judge probability above which an imagined rollout counts as a success
     eval_episodes: int = 50
     eval_seed: int = 2000

@@ -13,6 +13,7 @@ the world model.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,10 @@ from worldmodel.policy import LeRobotPolicy
 
 POLICY_STATE_KEY = "observation.environment_state"
 KEY_MAP = {POLICY_STATE_KEY: "observation.state"}  # the policy's input <- the env's observation
+# The state goes in as it is (metres, unit quaternions: already of order 1), not z-scored by the demonstrations'
+# spread. A handful of demos leaves some dimensions constant (the puck's orientation in reach); z-scoring them turns
+# a world model's 2 mm error there into inputs of 10^5, and the policy that acts in MetaWorld freezes in imagination.
+STATE_AS_IS = json.dumps({"VISUAL": "MEAN_STD", "STATE": "IDENTITY", "ACTION": "MEAN_STD"})
 
 
 @dataclass
@@ -92,7 +97,7 @@ def lerobot_train_command(cfg: StatePolicyConfig, data_root: Path) -> list[str]:
         policy = ["--policy.type=act", f"--policy.dim_model={cfg.dim_model}",
                   f"--policy.dim_feedforward={4 * cfg.dim_model}", "--policy.n_encoder_layers=2",
                   f"--policy.chunk_size={cfg.chunk_size}",
-                  f"--policy.n_action_steps={cfg.chunk_size}"]
+                  f"--policy.n_action_steps={cfg.chunk_size}", f"--policy.normalization_mapping={STATE_AS_IS}"]
     return [sys.executable, "-m", "lerobot.scripts.lerobot_train", f"--dataset.repo_id={cfg.repo_id}_state",
             f"--dataset.root={data_root}", *policy, f"--policy.optimizer_lr={cfg.lr}", "--policy.push_to_hub=false",
             f"--policy.device={cfg.device}", f"--steps={cfg.steps}", f"--save_freq={cfg.steps}",

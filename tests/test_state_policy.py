@@ -36,6 +36,18 @@ def test_state_policy_trains_and_acts_on_the_state_alone(tiny_dataset_root, tmp_
     assert not np.allclose(policy.select_action({"observation.state": state + 1}), action)  # it reads the state
     with pytest.raises(KeyError, match="from observation.state"):
         policy.select_action({"observation.images.corner": np.zeros((2, 32, 32, 3), np.uint8)})
+    # A dimension that never varied in the demos (the padded second object) moved by 1 mm, as a world model's
+    # error might: the action barely changes (z-scored by a zero spread it would be an input of 10^5).
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    seen = np.asarray(LeRobotDataset("test/tiny", root=tiny_dataset_root, episodes=[0]).hf_dataset
+                      .with_format("numpy")["observation.state"][:2]).astype(np.float32)
+    nudged = seen.copy()
+    nudged[:, 11] += 1e-3
+    policy.reset()
+    steady = policy.select_action({"observation.state": seen})
+    policy.reset()
+    assert np.abs(policy.select_action({"observation.state": nudged}) - steady).max() < 1e-2
     # an interrupted caller resumes: a finished checkpoint is reused, not retrained
     assert train_state_policy(StatePolicyConfig(dataset_root="/nonexistent", steps=3,
                                                 output_dir=str(tmp_path / "act"))) == checkpoint
