@@ -47,6 +47,7 @@ class ImproveConfig:
     repo_id: str = "local/metaworld_reach"
     task: str = "reach-v3"
     weak_demos: int = 3
+    state_dims: list[int] | None = None  # the state dimensions the policy reads (None: all; see policies.state_policy)
     weak_steps: int = 200
     finetune_steps: int = 200
     starts: int = 50
@@ -149,9 +150,10 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
 def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int, n: int, notes: list) -> list[str]:
     before = results["before"]
     judge = cfg.judge or "the task's state rule"
+    inputs = "the whole state" if cfg.state_dims is None else f"state dimensions {cfg.state_dims}"
     lines = [f"# Policy improvement from imagined data: {cfg.run}", "",
              f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`. Weak policy: state-only ACT "
-             f"(`policies.state_policy`) trained on {cfg.weak_demos} real demonstrations for {cfg.weak_steps} steps. "
+             f"(`policies.state_policy`, reading {inputs}) trained on {cfg.weak_demos} real demonstrations for {cfg.weak_steps} steps. "
              f"{n_rollouts} imagined rollouts of it ({cfg.starts} dataset starts x {cfg.seeds_per_start} seeds, "
              f"{cfg.warmup_random_steps} random steps first), {n_kept} judged successful. Each arm fine-tunes the "
              f"weak policy for {cfg.finetune_steps} steps on {n} episodes. Real success on the same {cfg.eval_episodes} "
@@ -181,7 +183,8 @@ def improve(cfg: ImproveConfig) -> dict:
 
     started, out, notes = time.time(), Path(cfg.output_dir), []
     total = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root).total_episodes
-    policy_cfg = StatePolicyConfig(dataset_root=cfg.dataset_root, repo_id=cfg.repo_id, device=cfg.device, seed=cfg.seed)
+    policy_cfg = StatePolicyConfig(dataset_root=cfg.dataset_root, repo_id=cfg.repo_id, device=cfg.device, seed=cfg.seed,
+                                   state_dims=cfg.state_dims)
 
     # 1. The weak policy, and where it starts.
     weak = train_state_policy(StatePolicyConfig(**{**asdict(policy_cfg), "episodes": list(range(cfg.weak_demos)),

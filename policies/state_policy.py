@@ -4,8 +4,8 @@
         --repo_id=local/metaworld_reach --episodes='[0,1,2]' --steps=300 --output_dir=outputs/policies/act_state
 
 ACT (and Diffusion Policy) accept no input but images or an *environment* state, and lerobot's ACT also reads
-`observation.state` in every forward, so the policy reads the whole MetaWorld state vector (hand, objects, goal)
-under both names. It trains on a state-only copy of the chosen episodes (state, action, success flag; no video,
+`observation.state` in every forward, so the policy reads the MetaWorld state vector (hand, objects, goal; or the
+dimensions `state_dims` names) under both names. It trains on a state-only copy of the chosen episodes (state, action, success flag; no video,
 so nothing is decoded), written through lerobot beside the output folder, and acts through `load_state_policy`,
 whose adapter feeds both inputs from the env's `observation.state`: the same policy runs in MetaWorld and inside
 the world model.
@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from worldmodel.atomic import write_json_atomic
 from worldmodel.dataset import write_episode
 from worldmodel.policy import LeRobotPolicy
 
 POLICY_STATE_KEY = "observation.environment_state"
 KEY_MAP = {POLICY_STATE_KEY: "observation.state"}  # the policy's input <- the env's observation
+STATE_DIMS_FILE = "state_dims.json"  # beside the weights: which state dimensions the policy reads (null: all)
 # The state goes in as it is (metres, unit quaternions: already of order 1), not z-scored by the demonstrations'
 # spread. A handful of demos leaves some dimensions constant (the puck's orientation in reach); z-scoring them turns
 # a world model's 2 mm error there into inputs of 10^5, and the policy that acts in MetaWorld freezes in imagination.
@@ -47,11 +49,15 @@ class StatePolicyConfig:
     device: str = "cpu"
     seed: int = 0
     init_from: str | None = None  # a pretrained_model folder to fine-tune (its architecture is kept)
+    # The state dimensions the policy reads (None: all). Stored beside the checkpoint (STATE_DIMS_FILE), so
+    # load_state_policy feeds the same ones in MetaWorld and in imagination.
+    state_dims: list[int] | None = None
 
 
-def state_only_copy(src_root: str, repo_id: str, episodes: list[int] | None, dest: Path) -> Path:
-    """The chosen episodes of a LeRobotDataset as a state-only LeRobotDataset at `dest` (written beside it, then
-    renamed: `dest` is either whole or absent). An existing `dest` is reused."""
+def state_only_copy(src_root: str, repo_id: str, episodes: list[int] | None, dest: Path,
+                    state_dims: list[int] | None = None) -> Path:
+    """The chosen episodes of a LeRobotDataset (and state dimensions) as a state-only LeRobotDataset at `dest`
+    (written beside it, then renamed: `dest` is either whole or absent). An existing `dest` is reused."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     if (dest / "meta" / "info.json").exists():
@@ -61,6 +67,11 @@ def state_only_copy(src_root: str, repo_id: str, episodes: list[int] | None, des
     columns = ["observation.state", "action", "episode_index", "task_index"]
     has_success = "next.success" in table.column_names
     data = {c: np.asarray(table[c]) for c in columns + (["next.success"] if has_success else [])}
+    if state_dims is not None:
+        width = data["observation.state"].shape[1]
+        if not state_dims or not all(0 <= d < width for d in state_dims):
+            raise ValueError(f"state_dims: {state_dims} must name dimensions of the {width}-d state of {src_root}")
+        data["observation.state"] = data["observation.state"][:, state_dims]
     tasks = {int(i): str(t) for t, i in zip(source.meta.tasks.index, source.meta.tasks["task_index"])}
     state_feature = {"dtype": "float32", "shape": (data["observation.state"].shape[1],), "names": None}
     features = {"observation.state": state_feature, POLICY_STATE_KEY: state_feature,
@@ -107,21 +118,28 @@ def lerobot_train_command(cfg: StatePolicyConfig, data_root: Path) -> list[str]:
 
 def train_state_policy(cfg: StatePolicyConfig) -> Path:
     """The state-only copy, then lerobot-train; returns the final checkpoint's pretrained_model folder (an existing
-    one is reused, so an interrupted caller resumes)."""
+    one is reused, so an interrupted caller resumes). The state dimensions it reads are written beside its weights
+    last, so a checkpoint without them is unfinished."""
     out = Path(cfg.output_dir)
     checkpoint = out / "checkpoints" / f"{cfg.steps:06d}" / "pretrained_model"
-    if checkpoint.exists():
+    if (checkpoint / STATE_DIMS_FILE).exists():
         return checkpoint
     shutil.rmtree(out, ignore_errors=True)  # lerobot-train refuses an existing output folder
-    data_root = state_only_copy(cfg.dataset_root, cfg.repo_id, cfg.episodes, out.with_name(out.name + "_data"))
+    data_root = state_only_copy(cfg.dataset_root, cfg.repo_id, cfg.episodes, out.with_name(out.name + "_data"),
+                                cfg.state_dims)
     subprocess.run(lerobot_train_command(cfg, data_root), check=True)
     if not checkpoint.exists():
         raise RuntimeError(f"lerobot-train finished without {checkpoint}")
+    write_json_atomic(checkpoint / STATE_DIMS_FILE, {"state_dims": cfg.state_dims})
     return checkpoint
 
 
 def load_state_policy(path: str, task: str = "", name: str | None = None) -> LeRobotPolicy:
-    return LeRobotPolicy.from_pretrained(str(path), task=task, name=name, key_map=KEY_MAP)
+    """The policy, fed from the env's `observation.state` (the dimensions it was trained on)."""
+    dims_file = Path(path) / STATE_DIMS_FILE
+    dims = json.loads(dims_file.read_text())["state_dims"] if dims_file.exists() else None
+    input_dims = None if dims is None else {key: dims for key in ("observation.state", POLICY_STATE_KEY)}
+    return LeRobotPolicy.from_pretrained(str(path), task=task, name=name, key_map=KEY_MAP, input_dims=input_dims)
 
 
 def main() -> None:

@@ -51,3 +51,30 @@ def test_state_policy_trains_and_acts_on_the_state_alone(tiny_dataset_root, tmp_
     # an interrupted caller resumes: a finished checkpoint is reused, not retrained
     assert train_state_policy(StatePolicyConfig(dataset_root="/nonexistent", steps=3,
                                                 output_dir=str(tmp_path / "act"))) == checkpoint
+
+
+def test_a_policy_on_some_state_dimensions_reads_those_and_only_those(tiny_dataset_root, tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    dims = [0, 1, 2, 36, 37, 38]  # the hand and the goal
+    checkpoint = train_state_policy(StatePolicyConfig(
+        dataset_root=str(tiny_dataset_root), repo_id="test/tiny", episodes=[0], steps=3, batch_size=4,
+        dim_model=16, chunk_size=2, output_dir=str(tmp_path / "act"), state_dims=dims))
+    copy = LeRobotDataset("test/tiny_state", root=tmp_path / "act_data")
+    source = LeRobotDataset("test/tiny", root=tiny_dataset_root, episodes=[0])
+    np.testing.assert_allclose(np.asarray(copy.hf_dataset.with_format("numpy")[POLICY_STATE_KEY]),
+                               np.asarray(source.hf_dataset.with_format("numpy")["observation.state"])[:, dims])
+    policy = load_state_policy(str(checkpoint))  # the dimensions travel with the checkpoint
+    state = np.asarray(source.hf_dataset.with_format("numpy")["observation.state"][:2]).astype(np.float32)
+
+    def act(s):
+        policy.reset()
+        return policy.select_action({"observation.state": s})
+
+    other, chosen = state.copy(), state.copy()
+    other[:, 4:7] += 0.3  # the puck: not read
+    chosen[:, 37] += 0.3  # the goal: read
+    np.testing.assert_array_equal(act(other), act(state))
+    assert not np.allclose(act(chosen), act(state))
+    with pytest.raises(ValueError, match="state_dims"):
+        state_only_copy(str(tiny_dataset_root), "test/tiny", [0], tmp_path / "bad", state_dims=[0, 39])

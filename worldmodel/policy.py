@@ -54,16 +54,18 @@ class LeRobotPolicy:
     Images arrive as uint8 HWC and are handed to LeRobot as float CHW in [0, 1], the way LeRobot's own
     env wrappers do; `task` is passed for language-conditioned policies. `key_map` names, for a policy input
     the observation does not hold under that name, the observation key that feeds it (e.g. a state-only ACT's
-    `observation.environment_state` <- `observation.state`)."""
+    `observation.environment_state` <- `observation.state`); `input_dims`, for a policy input trained on some
+    dimensions of its source only, which ones (the last axis)."""
 
     def __init__(self, policy, preprocessor, postprocessor, task: str = "", name: str | None = None,
-                 key_map: dict[str, str] | None = None):
+                 key_map: dict[str, str] | None = None, input_dims: dict[str, list[int]] | None = None):
         self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
         self.task = task
         self.name = name or type(policy).__name__
         self.device = next(policy.parameters()).device
         self.expected_keys = list(policy.config.input_features)
         self.key_map = dict(key_map or {})
+        self.input_dims = {k: list(v) for k, v in (input_dims or {}).items()}
 
     @classmethod
     def from_pretrained(cls, path: str, task: str = "", **kwargs) -> "LeRobotPolicy":
@@ -87,7 +89,8 @@ class LeRobotPolicy:
             raise KeyError(f"observation: the policy needs {missing}; got {sorted(observation)}")
         batch = {}
         for key in self.expected_keys:
-            value = torch.as_tensor(np.asarray(observation[sources[key]]))
+            value = np.asarray(observation[sources[key]])
+            value = torch.as_tensor(value[..., self.input_dims[key]] if key in self.input_dims else value)
             if key.startswith("observation.images"):
                 value = value.permute(0, 3, 1, 2).float() / 255.0 if value.dtype == torch.uint8 else value.float()
             batch[key] = value.float().to(self.device)
