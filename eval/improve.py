@@ -130,10 +130,25 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[int],
     return root, [j["episode_index"] for j in jobs], [j["episode_index"] for j in jobs if j["score"] >= cfg.threshold]
 
 
-def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], successes: list[int], total: int,
+def demonstrations(cfg: ImproveConfig, notes: list) -> list[int]:
+    """The dataset's episodes that end in success (its `next.success` flag on the last row), in order: the real
+    demonstrations. Noisy expert episodes that fail and play tours are not demonstrations of the task."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    table = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root).hf_dataset.with_format("numpy")
+    episode = np.asarray(table["episode_index"])
+    if "next.success" not in table.column_names:
+        notes.append("the dataset has no next.success flag: every episode counts as a demonstration")
+        return sorted(set(episode.tolist()))
+    success = np.asarray(table["next.success"]).reshape(-1).astype(bool)
+    last_rows = np.flatnonzero(np.r_[episode[1:] != episode[:-1], True])
+    return [int(episode[r]) for r in last_rows if success[r]]
+
+
+def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], successes: list[int], demos: list[int],
                      notes: list):
     """Each arm's (root, repo_id, episodes), all with the same number of episodes."""
-    unseen_real = [e for e in range(total) if e >= cfg.weak_demos]
+    unseen_real = list(demos[cfg.weak_demos:])
     n = min(len(successes), len(unseen_real))
     if n < len(successes):
         notes.append(f"every arm is capped at {n} episodes: only {len(unseen_real)} real demonstrations are unseen")
@@ -173,21 +188,27 @@ def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int
 
 
 def command(cfg: ImproveConfig) -> str:
-    # draccus reads null, not None, as None
-    return "python -m eval.improve " + " ".join(f"--{k}={'null' if v is None else v}"
-                                                for k, v in asdict(cfg).items() if k != "sampler")
+    def flag(value) -> str:
+        if value is None:
+            return "null"  # draccus reads null, not None, as None
+        if isinstance(value, list):
+            return "'[" + ",".join(str(v) for v in value) + "]'"  # one shell word
+        return str(value)
+
+    return "python -m eval.improve " + " ".join(f"--{k}={flag(v)}" for k, v in asdict(cfg).items() if k != "sampler")
 
 
 def improve(cfg: ImproveConfig) -> dict:
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
     started, out, notes = time.time(), Path(cfg.output_dir), []
-    total = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root).total_episodes
+    demos = demonstrations(cfg, notes)
+    if len(demos) < cfg.weak_demos:
+        raise ValueError(f"weak_demos: {cfg.weak_demos} asked for, but {cfg.dataset_root} has {len(demos)} "
+                         "episodes that end in success")
     policy_cfg = StatePolicyConfig(dataset_root=cfg.dataset_root, repo_id=cfg.repo_id, device=cfg.device, seed=cfg.seed,
                                    state_dims=cfg.state_dims)
 
     # 1. The weak policy, and where it starts.
-    weak = train_state_policy(StatePolicyConfig(**{**asdict(policy_cfg), "episodes": list(range(cfg.weak_demos)),
+    weak = train_state_policy(StatePolicyConfig(**{**asdict(policy_cfg), "episodes": demos[:cfg.weak_demos],
                                                    "steps": cfg.weak_steps, "output_dir": str(out / "weak")}))
     results = {"before": real_success(weak, cfg)}
 
@@ -196,7 +217,7 @@ def improve(cfg: ImproveConfig) -> dict:
     n_kept = len(successes)
 
     # 3. Fine-tune on the same number of episodes from each source, 4. measured on the same real seeds.
-    n, sources = finetune_sources(cfg, imagined, episodes, successes, total, notes)
+    n, sources = finetune_sources(cfg, imagined, episodes, successes, demos, notes)
     if n == 0:
         notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
         sources = {}
@@ -206,10 +227,12 @@ def improve(cfg: ImproveConfig) -> dict:
             "steps": cfg.finetune_steps, "output_dir": str(out / f"finetuned_{name}"), "init_from": str(weak)}))
         r = real_success(tuned, cfg)
         b = results["before"]
-        results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "change": r["success"] - b["success"],
+        results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "episodes": episodes,
+                                    "change": r["success"] - b["success"],
                                     "change_interval": difference_interval(r["successes"], r["n"], b["successes"], b["n"])}
     n_rollouts = cfg.starts * cfg.seeds_per_start
-    report = {"run": cfg.run, "results": results, "imagined_rollouts": n_rollouts, "imagined_kept": n_kept,
+    report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": demos[:cfg.weak_demos],
+              "imagined_rollouts": n_rollouts, "imagined_kept": n_kept,
               "finetune_episodes": n, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
               "command": command(cfg)}
     write_result(Path(cfg.results_dir) / f"improve_{cfg.run}.json", report,

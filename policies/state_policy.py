@@ -29,10 +29,13 @@ from worldmodel.policy import LeRobotPolicy
 POLICY_STATE_KEY = "observation.environment_state"
 KEY_MAP = {POLICY_STATE_KEY: "observation.state"}  # the policy's input <- the env's observation
 STATE_DIMS_FILE = "state_dims.json"  # beside the weights: which state dimensions the policy reads (null: all)
-# The state goes in as it is (metres, unit quaternions: already of order 1), not z-scored by the demonstrations'
-# spread. A handful of demos leaves some dimensions constant (the puck's orientation in reach); z-scoring them turns
-# a world model's 2 mm error there into inputs of 10^5, and the policy that acts in MetaWorld freezes in imagination.
-STATE_AS_IS = json.dumps({"VISUAL": "MEAN_STD", "STATE": "IDENTITY", "ACTION": "MEAN_STD"})
+# State and action go in and out as they are (metres, unit quaternions, actions in [-1, 1]: already of order 1), not
+# z-scored by the training episodes' spread, for two reasons:
+# - a handful of demos leaves some state dimensions constant (the puck's orientation in reach); z-scoring them turns
+#   a world model's 2 mm error there into inputs of 10^5, and the policy that acts in MetaWorld freezes in imagination;
+# - lerobot-train replaces the stats with the new dataset's when it fine-tunes (--policy.path), which would change
+#   what the trained weights mean before the first fine-tuning step.
+STATE_AS_IS = json.dumps({"VISUAL": "MEAN_STD", "STATE": "IDENTITY", "ACTION": "IDENTITY"})
 
 
 @dataclass
