@@ -317,7 +317,7 @@ def test_closed_sessions_give_their_memory_back(tmp_path):
                         env=MetaWorldConfig(task="reach-v3", cameras=["corner", "corner2", "gripperPOV"],
                                             image_size=64, max_episode_steps=16)))
     child = subprocess.run([sys.executable, "-c", SESSIONS_CHILD, str(model), str(data), str(tmp_path / "rec")],
-                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+                           capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
     assert child.returncode == 0, child.stderr[-2000:]
     kept_mb = float(child.stdout.strip().splitlines()[-1])
     assert kept_mb < 60, f"20 closed sessions left {kept_mb:.0f} MB resident"

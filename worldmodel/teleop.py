@@ -186,7 +186,9 @@ class Session:
 
     def reset(self, episode: int) -> None:
         start = self.server.start_observation(episode)
-        self.observation = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in self.world.reset(start).items()}
+        with self.server.compute:
+            reset = self.world.reset(start)
+        self.observation = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in reset.items()}
         self.episode, self.steps = episode, 0
         if self.policy is not None:
             self.policy.reset()
@@ -208,13 +210,14 @@ class Session:
         """One world-model frame: frame_stride env steps of the current controller's actions."""
         stride = self.server.model.cfg.frame_stride
         obs = {k: v[None] for k, v in self.observation.items()}
-        if self.mode == "policy" and self.policy is not None:
-            actions = np.stack([np.clip(self.policy.select_action(obs)[0], -1, 1) for _ in range(stride)])
-        else:
-            actions = np.stack([self.human_action()] * stride)
-        started = time.perf_counter()
-        new = self.world.step(actions[None].astype(np.float32))
-        elapsed = time.perf_counter() - started
+        with self.server.compute:
+            if self.mode == "policy" and self.policy is not None:
+                actions = np.stack([np.clip(self.policy.select_action(obs)[0], -1, 1) for _ in range(stride)])
+            else:
+                actions = np.stack([self.human_action()] * stride)
+            started = time.perf_counter()
+            new = self.world.step(actions[None].astype(np.float32))
+            elapsed = time.perf_counter() - started
         self.fps = 0.8 * self.fps + 0.2 / max(elapsed, 1e-6) if self.fps else 1 / max(elapsed, 1e-6)
         if self.recording is not None:
             for a in actions:  # what was seen when acting, and the action taken (env-step rows)
@@ -252,6 +255,9 @@ class TeleopServer:
         self.recorder = Recorder(cfg.record_root, cfg.record_repo_id, list(mc.camera_keys), mc.image_size,
                                  mc.state_dim, mc.action_dim, mc.fps)
         self.sessions: set[Session] = set()
+        # One network computation at a time; sessions take turns. Torch calls from several threads at once each
+        # start their own OpenMP team, and on 2 cores those teams spin against each other for minutes.
+        self.compute = threading.Lock()
         self.app = self._build_app()
 
     def start_observation(self, episode: int) -> dict:
