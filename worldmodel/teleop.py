@@ -256,7 +256,7 @@ class TeleopServer:
                                  mc.state_dim, mc.action_dim, mc.fps)
         self.sessions: set[Session] = set()
         # One network computation at a time; sessions take turns. Torch calls from several threads at once each
-        # start their own OpenMP team, and on 2 cores those teams spin against each other for minutes.
+        # start their own OpenMP team, which only oversubscribes a small CPU.
         self.compute = threading.Lock()
         self.app = self._build_app()
 
