@@ -35,7 +35,7 @@ STATE_DIMS_FILE = "state_dims.json"  # beside the weights: which state dimension
 #   a world model's 2 mm error there into inputs of 10^5, and the policy that acts in MetaWorld freezes in imagination;
 # - lerobot-train replaces the stats with the new dataset's when it fine-tunes (--policy.path), which would change
 #   what the trained weights mean before the first fine-tuning step.
-STATE_AS_IS = json.dumps({"VISUAL": "MEAN_STD", "STATE": "IDENTITY", "ACTION": "IDENTITY"})
+STATE_AND_ACTION_AS_IS = json.dumps({"VISUAL": "MEAN_STD", "STATE": "IDENTITY", "ACTION": "IDENTITY"})
 
 
 @dataclass
@@ -111,7 +111,7 @@ def lerobot_train_command(cfg: StatePolicyConfig, data_root: Path) -> list[str]:
         policy = ["--policy.type=act", f"--policy.dim_model={cfg.dim_model}",
                   f"--policy.dim_feedforward={4 * cfg.dim_model}", "--policy.n_encoder_layers=2",
                   f"--policy.chunk_size={cfg.chunk_size}",
-                  f"--policy.n_action_steps={cfg.chunk_size}", f"--policy.normalization_mapping={STATE_AS_IS}"]
+                  f"--policy.n_action_steps={cfg.chunk_size}", f"--policy.normalization_mapping={STATE_AND_ACTION_AS_IS}"]
     return [sys.executable, "-m", "lerobot.scripts.lerobot_train", f"--dataset.repo_id={cfg.repo_id}_state",
             f"--dataset.root={data_root}", *policy, f"--policy.optimizer_lr={cfg.lr}", "--policy.push_to_hub=false",
             f"--policy.device={cfg.device}", f"--steps={cfg.steps}", f"--save_freq={cfg.steps}",
