@@ -22,6 +22,21 @@ def tiny_record_config(root, episodes=3, steps=40, seed=0) -> RecordConfig:
     )
 
 
+@pytest.fixture(autouse=True)
+def _normal_scheduling_priority():
+    """No test may leave the test process at another scheduling policy: a real-time policy is inherited by every
+    later test's children and lets busy threads starve the machine (the AV1 encoder did this as root)."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    yield
+    after = os.sched_getscheduler(0), os.sched_getparam(0)
+    if after != before:
+        os.sched_setscheduler(0, *before)
+        pytest.fail(f"the test left the process at scheduling policy {after[0]} priority {after[1].sched_priority}")
+
+
 @pytest.fixture(scope="session")
 def make_record_config():
     return tiny_record_config

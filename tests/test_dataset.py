@@ -1,12 +1,15 @@
 """Training clips: exact frame-level action chunks, episode boundaries, the decoded cache, clear errors."""
 
+import os
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.dataset import ClipDataset, DatasetConfig, write_episode
 
 
 def config(root, **overrides) -> DatasetConfig:
@@ -266,3 +269,20 @@ def test_commands_are_integrated_from_each_episodes_first_frame(clips):
         np.testing.assert_array_equal(sample["command"].numpy(), clips.commands[rows])
     finally:
         clips.commands = None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scheduling policies are Linux's")
+def test_writing_an_episode_leaves_the_thread_at_normal_priority(tmp_path):
+    """Run as root (as CI is), the AV1 encoder switches the thread that opens it to real-time priority
+    (SCHED_FIFO 99) and leaves it so; every process started afterwards inherited it and could starve the machine."""
+    features = {"observation.images.top": {"dtype": "video", "shape": (32, 32, 3), "names": ["height", "width", "channels"]},
+                "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]}}
+    dataset = LeRobotDataset.create("test/priority", fps=10, features=features, root=tmp_path / "priority",
+                                    vcodec="libsvtav1")
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    frames = [{"observation.images.top": np.full((32, 32, 3), 10 * i, np.uint8), "action": np.zeros(2, np.float32)}
+              for i in range(4)]
+    write_episode(dataset, frames, "stay still")
+    dataset.finalize()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    assert LeRobotDataset("test/priority", root=tmp_path / "priority").num_frames == 4

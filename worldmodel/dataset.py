@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -144,10 +145,28 @@ def write_episode(dataset, frames, task: str) -> None:
     try:
         for frame in frames:
             dataset.add_frame({**frame, "task": task})
-        dataset.save_episode()
+        with calling_thread_scheduling_kept():
+            dataset.save_episode()
     except BaseException:
         dataset.clear_episode_buffer()
         raise
+
+
+@contextmanager
+def calling_thread_scheduling_kept():
+    """Undo what the video encoder does to the calling thread's scheduling policy. Run as root, SVT-AV1 (lerobot's
+    default codec) switches the thread that opens it to SCHED_FIFO priority 99 and leaves it so: that thread and
+    every process it starts afterwards then run at real-time priority, and a child with busy OpenMP threads
+    starves the whole machine (seen as minutes-long freezes of the test suite)."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
 
 
 def start_frames(dataset: DatasetConfig, model_config) -> "ClipDataset":
