@@ -7,11 +7,13 @@
 1. A weak policy: a state-only LeRobot ACT (`policies.state_policy`, `lerobot-train`) trained on only
    `weak_demos` real demonstrations for `weak_steps` steps: minutes on a CPU.
 2. Imagine `starts x seeds_per_start` rollouts of it in the world model, from the first frames of the
-   dataset's episodes (optionally after `warmup_random_steps` random actions: a perturbed start); `wm imagine`
-   writes every rollout with its judged score as a LeRobotDataset.
+   dataset's episodes (optionally after `warmup_random_steps` random actions: a perturbed start; optionally with
+   Gaussian `action_noise` on its actions: exploration); `wm imagine` writes every rollout with its judged score
+   as a LeRobotDataset.
 3. Fine-tune the weak policy (`--policy.path=weak`) for `finetune_steps` steps, each arm on the same number of
    episodes: a. the imagined successes, b. real demonstrations the weak policy never saw, c. unfiltered
-   imagined rollouts (the judge ignored).
+   imagined rollouts (the judge ignored); with `finetune_with_demos`, each together with the weak policy's own
+   demonstrations, and d. those demonstrations alone (the control for training longer).
 4. Real success in MetaWorld before and after, every arm on the same `eval_episodes` env seeds, with Wilson
    95% intervals, and the difference after - before with Newcombe's interval (the hybrid score interval for
    a difference of two proportions).
@@ -24,14 +26,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from eval.report import write_result
-from policies.state_policy import StatePolicyConfig, load_state_policy, train_state_policy
+from policies.state_policy import EpisodeSource, StatePolicyConfig, load_state_policy, train_state_policy
 from worldmodel.dataset import DatasetConfig
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
 from worldmodel.imagine import ImagineConfig, Imaginer
@@ -55,6 +57,12 @@ class ImproveConfig:
     # Random actions before the policy starts. 0: start exactly as real episodes do (uniform random actions also
     # half-close the gripper, a start no real episode has).
     warmup_random_steps: int = 0
+    # Exploration in imagination: Gaussian noise (std, action units) on every action of the weak policy, so its
+    # rollouts try what it would not do and the judge can keep the ones that work.
+    action_noise: float = 0.0
+    # Each arm fine-tunes on its episodes plus the weak policy's own demonstrations (which it must keep), and a
+    # `demos_only` arm fine-tunes on those demonstrations alone: the control for the extra training steps.
+    finetune_with_demos: bool = True
     threshold: float = 0.5  # judge probability above which an imagined rollout counts as a success
     eval_episodes: int = 50
     eval_seed: int = 2000
@@ -123,11 +131,20 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[int],
         model=cfg.model, judge=judge_name, policies=["weak"],
         dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id), output_root=str(root),
         repo_id="local/imagined", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
-        warmup_random_steps=cfg.warmup_random_steps, max_episode_steps=cfg.max_episode_steps,
+        warmup_random_steps=cfg.warmup_random_steps, action_noise=cfg.action_noise,
+        max_episode_steps=cfg.max_episode_steps,
         threshold=cfg.threshold, keep_failures=True, batch_size=cfg.batch_size, sampler=cfg.sampler, seed=cfg.seed,
         device=cfg.device), {"weak": load_state_policy(str(weak), task=cfg.task)}, judge).run()
     jobs = sorted(ledger["jobs"].values(), key=lambda j: j["episode_index"])
-    return root, [j["episode_index"] for j in jobs], [j["episode_index"] for j in jobs if j["score"] >= cfg.threshold]
+    kept = [j for j in jobs if j["score"] >= cfg.threshold]
+    # Round robin over starts (every start's first success, then every start's second, ...): an arm capped at n
+    # episodes covers as many starts as it can, not the first few starts' seeds.
+    rank = {}
+    for j in kept:
+        rank[j["episode_index"]] = sum(1 for other in kept if other["start"] == j["start"]
+                                       and other["episode_index"] < j["episode_index"])
+    kept.sort(key=lambda j: (rank[j["episode_index"]], j["start"], j["episode_index"]))
+    return root, [j["episode_index"] for j in jobs], [j["episode_index"] for j in kept]
 
 
 def demonstrations(cfg: ImproveConfig, notes: list) -> list[int]:
@@ -162,18 +179,24 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
     }
 
 
-def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int, n: int, notes: list) -> list[str]:
-    before = results["before"]
+def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
     judge = cfg.judge or "the task's state rule"
     inputs = "the whole state" if cfg.state_dims is None else f"state dimensions {cfg.state_dims}"
-    lines = [f"# Policy improvement from imagined data: {cfg.run}", "",
-             f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`. Weak policy: state-only ACT "
-             f"(`policies.state_policy`, reading {inputs}) trained on {cfg.weak_demos} real demonstrations for {cfg.weak_steps} steps. "
-             f"{n_rollouts} imagined rollouts of it ({cfg.starts} dataset starts x {cfg.seeds_per_start} seeds, "
-             f"{cfg.warmup_random_steps} random steps first), {n_kept} judged successful. Each arm fine-tunes the "
-             f"weak policy for {cfg.finetune_steps} steps on {n} episodes. Real success on the same {cfg.eval_episodes} "
-             f"MetaWorld episodes (env seeds {cfg.eval_seed}+) for every row; Wilson 95% intervals, and Newcombe's "
-             "interval for the difference from before.", "",
+    noise = f", action noise {cfg.action_noise}" if cfg.action_noise else ""
+    extra = f" plus its {cfg.weak_demos} demonstrations" if cfg.finetune_with_demos else ""
+    return " ".join([
+        f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`.",
+        f"Weak policy: state-only ACT (`policies.state_policy`, reading {inputs}) trained on {cfg.weak_demos} real "
+        f"demonstrations for {cfg.weak_steps} steps.",
+        f"{n_rollouts} imagined rollouts of it ({cfg.starts} dataset starts x {cfg.seeds_per_start} seeds, "
+        f"{cfg.warmup_random_steps} random steps first{noise}), {n_kept} judged successful.",
+        f"Each arm fine-tunes the weak policy for {cfg.finetune_steps} steps on {n} episodes{extra}.",
+        f"Real success on the same {cfg.eval_episodes} MetaWorld episodes (env seeds {cfg.eval_seed}+) for every row; "
+        "Wilson 95% intervals, and Newcombe's interval for the difference from before."])
+
+
+def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int, n: int, notes: list) -> list[str]:
+    lines = [f"# Policy improvement from imagined data: {cfg.run}", "", setup_text(cfg, n_rollouts, n_kept, n), "",
              "| policy | real success | 95% interval | change vs before (points) | 95% interval of the change |",
              "| --- | ---: | --- | ---: | --- |"]
     for name, r in results.items():
@@ -208,8 +231,8 @@ def improve(cfg: ImproveConfig) -> dict:
                                    state_dims=cfg.state_dims)
 
     # 1. The weak policy, and where it starts.
-    weak = train_state_policy(StatePolicyConfig(**{**asdict(policy_cfg), "episodes": demos[:cfg.weak_demos],
-                                                   "steps": cfg.weak_steps, "output_dir": str(out / "weak")}))
+    weak = train_state_policy(replace(policy_cfg, episodes=demos[:cfg.weak_demos], steps=cfg.weak_steps,
+                                      output_dir=str(out / "weak")))
     results = {"before": real_success(weak, cfg)}
 
     # 2. Imagined rollouts of it, each with the judge's score.
@@ -221,10 +244,15 @@ def improve(cfg: ImproveConfig) -> dict:
     if n == 0:
         notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
         sources = {}
+    weak_demos = [EpisodeSource(cfg.dataset_root, cfg.repo_id, demos[:cfg.weak_demos])]
+    if cfg.finetune_with_demos and sources:
+        sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, demos[:cfg.weak_demos]), **sources}
     for name, (root, repo_id, episodes) in sources.items():
-        tuned = train_state_policy(StatePolicyConfig(**{
-            **asdict(policy_cfg), "dataset_root": str(root), "repo_id": repo_id, "episodes": episodes,
-            "steps": cfg.finetune_steps, "output_dir": str(out / f"finetuned_{name}"), "init_from": str(weak)}))
+        keep_demos = cfg.finetune_with_demos and name != "demos_only"
+        tuned = train_state_policy(replace(
+            policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes, steps=cfg.finetune_steps,
+            output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
+            extra_sources=weak_demos if keep_demos else []))
         r = real_success(tuned, cfg)
         b = results["before"]
         results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "episodes": episodes,

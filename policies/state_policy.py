@@ -17,7 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,14 @@ STATE_AND_ACTION_AS_IS = json.dumps({"VISUAL": "MEAN_STD", "STATE": "IDENTITY", 
 
 
 @dataclass
+class EpisodeSource:
+    """Episodes of one LeRobotDataset."""
+    root: str
+    repo_id: str
+    episodes: list[int] | None = None  # None: all
+
+
+@dataclass
 class StatePolicyConfig:
     dataset_root: str = "outputs/datasets/metaworld_reach"
     repo_id: str = "local/metaworld_reach"
@@ -55,49 +63,69 @@ class StatePolicyConfig:
     # The state dimensions the policy reads (None: all). Stored beside the checkpoint (STATE_DIMS_FILE), so
     # load_state_policy feeds the same ones in MetaWorld and in imagination.
     state_dims: list[int] | None = None
+    # More episodes from other datasets in the same training set (e.g. the demonstrations a fine-tune must keep).
+    extra_sources: list[EpisodeSource] = field(default_factory=list)
 
 
-def state_only_copy(src_root: str, repo_id: str, episodes: list[int] | None, dest: Path,
-                    state_dims: list[int] | None = None) -> Path:
-    """The chosen episodes of a LeRobotDataset (and state dimensions) as a state-only LeRobotDataset at `dest`
-    (written beside it, then renamed: `dest` is either whole or absent). An existing `dest` is reused."""
+def read_source(source: EpisodeSource, state_dims: list[int] | None) -> dict:
+    """A source's state, action and success columns, its chosen episodes (checked: named before anything is
+    written) and its task sentences."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    dataset = LeRobotDataset(source.repo_id, root=source.root)
+    table = dataset.hf_dataset.with_format("numpy")
+    columns = ["observation.state", "action", "episode_index", "task_index"]
+    if "next.success" in table.column_names:
+        columns.append("next.success")
+    data = {c: np.asarray(table[c]) for c in columns}
+    if state_dims is not None:
+        width = data["observation.state"].shape[1]
+        if not state_dims or not all(0 <= d < width for d in state_dims):
+            raise ValueError(f"state_dims: {state_dims} must name dimensions of the {width}-d state of {source.root}")
+        data["observation.state"] = data["observation.state"][:, state_dims]
+    present = sorted(set(data["episode_index"].tolist()))
+    wanted = present if source.episodes is None else list(source.episodes)
+    absent = [e for e in wanted if e not in set(present)]
+    if absent:
+        raise ValueError(f"episodes: {absent} are not episodes of {source.root} "
+                         f"(it has {len(present)}: {present[0]}..{present[-1]})")
+    tasks = {int(i): str(t) for t, i in zip(dataset.meta.tasks.index, dataset.meta.tasks["task_index"])}
+    return {"data": data, "episodes": wanted, "tasks": tasks, "fps": dataset.meta.fps,
+            "robot_type": dataset.meta.robot_type}
+
+
+def state_only_copy(sources: list[EpisodeSource], dest: Path, state_dims: list[int] | None = None) -> Path:
+    """The chosen episodes of one or more LeRobotDatasets (and state dimensions) as one state-only LeRobotDataset
+    at `dest` (written beside it, then renamed: `dest` is either whole or absent). An existing `dest` is reused."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     if (dest / "meta" / "info.json").exists():
         return dest
-    source = LeRobotDataset(repo_id, root=src_root)
-    table = source.hf_dataset.with_format("numpy")
-    columns = ["observation.state", "action", "episode_index", "task_index"]
-    has_success = "next.success" in table.column_names
-    data = {c: np.asarray(table[c]) for c in columns + (["next.success"] if has_success else [])}
-    if state_dims is not None:
-        width = data["observation.state"].shape[1]
-        if not state_dims or not all(0 <= d < width for d in state_dims):
-            raise ValueError(f"state_dims: {state_dims} must name dimensions of the {width}-d state of {src_root}")
-        data["observation.state"] = data["observation.state"][:, state_dims]
-    tasks = {int(i): str(t) for t, i in zip(source.meta.tasks.index, source.meta.tasks["task_index"])}
-    state_feature = {"dtype": "float32", "shape": (data["observation.state"].shape[1],), "names": None}
+    read = [read_source(source, state_dims) for source in sources]
+    widths = {(r["data"]["observation.state"].shape[1], r["data"]["action"].shape[1]) for r in read}
+    if len(widths) > 1:
+        raise ValueError(f"sources: {[s.root for s in sources]} differ in (state, action) width: {sorted(widths)}")
+    (state_width, action_width), = widths
+    has_success = all("next.success" in r["data"] for r in read)
+    state_feature = {"dtype": "float32", "shape": (state_width,), "names": None}
     features = {"observation.state": state_feature, POLICY_STATE_KEY: state_feature,
-                "action": {"dtype": "float32", "shape": (data["action"].shape[1],), "names": None}}
+                "action": {"dtype": "float32", "shape": (action_width,), "names": None}}
     if has_success:
         features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
-    present = sorted(set(data["episode_index"].tolist()))
-    wanted = present if episodes is None else episodes
-    absent = [e for e in wanted if e not in set(present)]
-    if absent:  # named before anything is written
-        raise ValueError(f"episodes: {absent} are not episodes of {src_root} (it has {len(present)}: {present[0]}..{present[-1]})")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    copy = LeRobotDataset.create(repo_id + "_state", fps=source.meta.fps, features=features, root=tmp,
-                                 robot_type=source.meta.robot_type)
-    for e in wanted:
-        rows = np.flatnonzero(data["episode_index"] == e)
-        frames = ({"observation.state": data["observation.state"][r].astype(np.float32),
-                   POLICY_STATE_KEY: data["observation.state"][r].astype(np.float32),
-                   "action": data["action"][r].astype(np.float32),
-                   **({"next.success": data["next.success"][r].reshape(1).astype(bool)} if has_success else {})}
-                  for r in rows)
-        write_episode(copy, frames, tasks[int(data["task_index"][rows[0]])])
+    copy = LeRobotDataset.create(sources[0].repo_id + "_state", fps=read[0]["fps"], features=features, root=tmp,
+                                 robot_type=read[0]["robot_type"])
+    for source in read:
+        data = source["data"]
+        for e in source["episodes"]:
+            rows = np.flatnonzero(data["episode_index"] == e)
+            frames = ({"observation.state": data["observation.state"][r].astype(np.float32),
+                       POLICY_STATE_KEY: data["observation.state"][r].astype(np.float32),
+                       "action": data["action"][r].astype(np.float32),
+                       **({"next.success": data["next.success"][r].reshape(1).astype(bool)} if has_success else {})}
+                      for r in rows)
+            write_episode(copy, frames, source["tasks"][int(data["task_index"][rows[0]])])
     copy.finalize()
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
@@ -128,8 +156,8 @@ def train_state_policy(cfg: StatePolicyConfig) -> Path:
     if (checkpoint / STATE_DIMS_FILE).exists():
         return checkpoint
     shutil.rmtree(out, ignore_errors=True)  # lerobot-train refuses an existing output folder
-    data_root = state_only_copy(cfg.dataset_root, cfg.repo_id, cfg.episodes, out.with_name(out.name + "_data"),
-                                cfg.state_dims)
+    sources = [EpisodeSource(cfg.dataset_root, cfg.repo_id, cfg.episodes), *cfg.extra_sources]
+    data_root = state_only_copy(sources, out.with_name(out.name + "_data"), cfg.state_dims)
     subprocess.run(lerobot_train_command(cfg, data_root), check=True)
     if not checkpoint.exists():
         raise RuntimeError(f"lerobot-train finished without {checkpoint}")

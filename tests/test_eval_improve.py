@@ -22,7 +22,7 @@ def test_difference_interval_excludes_zero_only_for_a_real_change():
 
 def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, tmp_path):
     # Toy sizes end to end on reach (the tiny model's views): weak policy, imagination (scored by the task's state
-    # rule), three fine-tuned arms. threshold=0 keeps every rollout as a "success", so every arm really fine-tunes.
+    # rule, with action noise), four fine-tuned arms. threshold=0 keeps every rollout as a "success", so every arm really fine-tunes.
     import json
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -43,12 +43,13 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, tm
 
     cfg = ImproveConfig(model=str(tiny_world_model_dir), judge=None, dataset_root=str(root),
                         repo_id="test/reach", task="reach-v3", weak_demos=1, weak_steps=2, finetune_steps=2, starts=2,
-                        seeds_per_start=1, warmup_random_steps=2, threshold=0.0, eval_episodes=2, max_episode_steps=8,
+                        seeds_per_start=1, warmup_random_steps=2, action_noise=0.3, threshold=0.0, eval_episodes=2, max_episode_steps=8,
                         batch_size=2, sampler=SamplerConfig(steps=1, window=1), run="test",
                         output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"))
     report = improve(cfg)
     results = report["results"]
-    assert list(results) == ["before", "after_imagined_successes", "after_real_demos", "after_imagined_unfiltered"]
+    assert list(results) == ["before", "after_demos_only", "after_imagined_successes", "after_real_demos",
+                             "after_imagined_unfiltered"]
     assert report["imagined_kept"] == 2 and report["finetune_episodes"] == 2
     # Demonstrations are the episodes that end in success: the weak policy's and the real-demos arm's.
     assert report["demonstrations"] == sorted(e for e, ok in ends_in_success.items() if ok)
@@ -57,6 +58,11 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, tm
     for name, r in results.items():
         assert r["n"] == 2 and len(r["per_episode"]) == 2
         if name != "before":
-            assert r["finetune_episodes"] == 2 and r["change_interval"][0] <= r["change"] <= r["change_interval"][1]
+            assert r["finetune_episodes"] == (1 if name == "after_demos_only" else 2)
+            assert r["change_interval"][0] <= r["change"] <= r["change_interval"][1]
+    # Every arm also trains on the weak policy's demonstration (it must not forget it); demos_only on that alone.
+    for arm, episodes in [("imagined_successes", 3), ("real_demos", 3), ("demos_only", 1)]:
+        data = LeRobotDataset("test/x", root=tmp_path / "out" / f"finetuned_{arm}_data")
+        assert data.meta.total_episodes == episodes
     assert json.loads((tmp_path / "results" / "improve_test.json").read_text())["run"] == "test"
     assert "change vs before" in (tmp_path / "results" / "improve_test.md").read_text()

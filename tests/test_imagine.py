@@ -52,6 +52,20 @@ def test_keeps_only_judged_successes_with_the_source_features(tiny_world_model_d
     assert meta["warmup_random_steps"] == 4 and {j["seed"] for j in meta["jobs"].values()} == {0, 1}
 
 
+def test_action_noise_explores_and_the_executed_action_is_written(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    cfg = config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "out", action_noise=0.2, keep_failures=True)
+    ledger = Imaginer(cfg, drift(), even_rows_succeed).run()
+    assert ledger["action_noise"] == 0.2
+    table = LeRobotDataset("test/imagined", root=tmp_path / "out").hf_dataset.with_format("numpy")
+    actions, episode = np.asarray(table["action"]), np.asarray(table["episode_index"])
+    assert actions.shape == (4 * 8, 4) and np.abs(actions).max() <= 1.0
+    noise = actions - np.array([0.5, 0.0, 0.0, 0.0])
+    assert abs(noise.mean()) < 0.05 and 0.15 < noise.std() < 0.25  # the policy's action plus N(0, 0.2)
+    seeds_of_start_0 = [j["episode_index"] for j in ledger["jobs"].values() if j["start"] == 0]
+    assert len(seeds_of_start_0) == 2  # two seeds of one start explore differently
+    assert not np.allclose(actions[episode == seeds_of_start_0[0]], actions[episode == seeds_of_start_0[1]])
+
+
 def test_interrupted_generation_resumes_without_duplicates(tiny_world_model_dir, tiny_dataset_root, tmp_path,
                                                            monkeypatch):
     cfg = config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "out", keep_failures=True)

@@ -4,22 +4,27 @@ env's `observation.state` alone (the same in MetaWorld and inside the world mode
 import numpy as np
 import pytest
 
-from policies.state_policy import POLICY_STATE_KEY, StatePolicyConfig, load_state_policy, state_only_copy, train_state_policy
+from policies.state_policy import (POLICY_STATE_KEY, EpisodeSource, StatePolicyConfig, load_state_policy,
+                                   state_only_copy, train_state_policy)
 
 
-def test_state_only_copy_holds_the_chosen_episodes_without_video(tiny_dataset_root, tmp_path):
+def test_state_only_copy_holds_the_chosen_episodes_of_every_source_without_video(tiny_dataset_root, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     source = LeRobotDataset("test/tiny", root=tiny_dataset_root)
-    copy_root = state_only_copy(str(tiny_dataset_root), "test/tiny", [0, 2], tmp_path / "copy")
+    root = str(tiny_dataset_root)
+    copy_root = state_only_copy([EpisodeSource(root, "test/tiny", [0, 2]), EpisodeSource(root, "test/tiny", [1])],
+                                tmp_path / "copy")
     copy = LeRobotDataset("test/tiny_state", root=copy_root)
-    assert copy.meta.total_episodes == 2 and not copy.meta.video_keys
+    assert copy.meta.total_episodes == 3 and not copy.meta.video_keys
     states = np.asarray(copy.hf_dataset.with_format("numpy")[POLICY_STATE_KEY])
     source_table = source.hf_dataset.with_format("numpy")
-    wanted = np.isin(np.asarray(source_table["episode_index"]), [0, 2])
-    np.testing.assert_allclose(states, np.asarray(source_table["observation.state"])[wanted])
+    episode, state = np.asarray(source_table["episode_index"]), np.asarray(source_table["observation.state"])
+    # the first source's episodes, then the second's
+    np.testing.assert_allclose(states, np.concatenate([state[np.isin(episode, [0, 2])], state[episode == 1]]))
     with pytest.raises(ValueError, match=r"episodes: \[7\] are not episodes"):
-        state_only_copy(str(tiny_dataset_root), "test/tiny", [0, 7], tmp_path / "bad")
+        state_only_copy([EpisodeSource(root, "test/tiny", [0]), EpisodeSource(root, "test/tiny", [0, 7])],
+                        tmp_path / "bad")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # refused before anything was written
 
 
@@ -77,4 +82,4 @@ def test_a_policy_on_some_state_dimensions_reads_those_and_only_those(tiny_datas
     np.testing.assert_array_equal(act(other), act(state))
     assert not np.allclose(act(chosen), act(state))
     with pytest.raises(ValueError, match="state_dims"):
-        state_only_copy(str(tiny_dataset_root), "test/tiny", [0], tmp_path / "bad", state_dims=[0, 39])
+        state_only_copy([EpisodeSource(str(tiny_dataset_root), "test/tiny", [0])], tmp_path / "bad", state_dims=[0, 39])

@@ -7,7 +7,8 @@
 
 Every job is (policy, start episode, seed, task): the rollout starts from the first frame of that source
 episode, optionally after `warmup_random_steps` random actions (a random perturbation of the initial
-pose), and runs `max_episode_steps` env steps. The judge scores its last frames; with `keep_failures`
+pose), and runs `max_episode_steps` env steps, optionally with Gaussian `action_noise` on every action
+(exploration: a deterministic policy then tries something else on each seed). The judge scores its last frames; with `keep_failures`
 off only rollouts scoring >= `threshold` are written.
 
 The output is a LeRobotDataset v3 written through lerobot's API with the source's features, so
@@ -55,6 +56,9 @@ class ImagineConfig:
     seeds_per_start: int = 1
     tasks: list[str] | None = None  # task strings to imagine with (None: the source's first task)
     warmup_random_steps: int = 0  # random actions before the policy starts (initial-pose diversity)
+    # Exploration: the std of Gaussian noise added to every policy action (in action units, before clipping). The
+    # action written is the one executed, and seeds of one start then differ. 0: the policy's own actions.
+    action_noise: float = 0.0
     max_episode_steps: int = 120
     threshold: float = 0.5
     keep_failures: bool = False
@@ -100,7 +104,8 @@ class Imaginer:
             self.ledger = {"world_model": cfg.model, "judge": cfg.judge, "threshold": cfg.threshold,
                            "keep_failures": cfg.keep_failures, "policies": list(policies), "seed": cfg.seed,
                            "source": cfg.dataset.root or cfg.dataset.repo_id,
-                           "warmup_random_steps": cfg.warmup_random_steps, "jobs": {}}
+                           "warmup_random_steps": cfg.warmup_random_steps, "action_noise": cfg.action_noise,
+                           "jobs": {}}
         # The ledger is committed with the episodes, so the two agree unless something else wrote here.
         recorded = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
         committed = json.loads(info.read_text())["total_episodes"] if info.exists() else 0
@@ -169,7 +174,10 @@ class Imaginer:
         policy.reset()
         rows = []
         for _ in range(cfg.max_episode_steps):
-            action = np.clip(policy.select_action(obs), low, high).astype(np.float32)
+            action = policy.select_action(obs)
+            if cfg.action_noise > 0:
+                action = action + rng.normal(0.0, cfg.action_noise, action.shape)
+            action = np.clip(action, low, high).astype(np.float32)
             seen = {k: v.copy() for k, v in obs.items()}
             obs, _, _, _, info = env.step(action)
             rows.append((seen, action, info["is_success"].copy()))
