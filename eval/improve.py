@@ -60,6 +60,7 @@ class ImproveConfig:
     # Exploration in imagination: Gaussian noise (std, action units) on every action of the weak policy, so its
     # rollouts try what it would not do and the judge can keep the ones that work.
     action_noise: float = 0.0
+    action_noise_correlation: float = 0.0  # from one env step to the next (see worldmodel.imagine)
     # Each arm fine-tunes on its episodes plus the weak policy's own demonstrations (which it must keep), and a
     # `demos_only` arm fine-tunes on those demonstrations alone: the control for the extra training steps.
     finetune_with_demos: bool = True
@@ -132,6 +133,7 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[int],
         dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id), output_root=str(root),
         repo_id="local/imagined", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
         warmup_random_steps=cfg.warmup_random_steps, action_noise=cfg.action_noise,
+        action_noise_correlation=cfg.action_noise_correlation,
         max_episode_steps=cfg.max_episode_steps,
         threshold=cfg.threshold, keep_failures=True, batch_size=cfg.batch_size, sampler=cfg.sampler, seed=cfg.seed,
         device=cfg.device), {"weak": load_state_policy(str(weak), task=cfg.task)}, judge).run()
@@ -182,7 +184,8 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
 def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
     judge = cfg.judge or "the task's state rule"
     inputs = "the whole state" if cfg.state_dims is None else f"state dimensions {cfg.state_dims}"
-    noise = f", action noise {cfg.action_noise}" if cfg.action_noise else ""
+    noise = (f", action noise {cfg.action_noise} correlated {cfg.action_noise_correlation} from step to step"
+             if cfg.action_noise else "")
     extra = f" plus its {cfg.weak_demos} demonstrations" if cfg.finetune_with_demos else ""
     return " ".join([
         f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`.",

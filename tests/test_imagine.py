@@ -64,6 +64,19 @@ def test_action_noise_explores_and_the_executed_action_is_written(tiny_world_mod
     seeds_of_start_0 = [j["episode_index"] for j in ledger["jobs"].values() if j["start"] == 0]
     assert len(seeds_of_start_0) == 2  # two seeds of one start explore differently
     assert not np.allclose(actions[episode == seeds_of_start_0[0]], actions[episode == seeds_of_start_0[1]])
+    lag1 = np.corrcoef(noise[:-1, 1], noise[1:, 1])[0, 1]
+    assert abs(lag1) < 0.5  # white noise by default
+
+    cfg = config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "drifting", action_noise=0.2, keep_failures=True,
+                 action_noise_correlation=0.95)
+    Imaginer(cfg, drift(), even_rows_succeed).run()
+    table = LeRobotDataset("test/imagined", root=tmp_path / "drifting").hf_dataset.with_format("numpy")
+    noise, episode = np.asarray(table["action"])[:, 1], np.asarray(table["episode_index"])
+    same_episode = episode[:-1] == episode[1:]
+    assert np.corrcoef(noise[:-1][same_episode], noise[1:][same_episode])[0, 1] > 0.8  # a slowly drifting offset
+    with pytest.raises(ValueError, match="action_noise_correlation"):
+        Imaginer(config(tiny_world_model_dir, tiny_dataset_root, tmp_path / "bad", action_noise=0.2,
+                        action_noise_correlation=1.0), drift(), even_rows_succeed)
 
 
 def test_interrupted_generation_resumes_without_duplicates(tiny_world_model_dir, tiny_dataset_root, tmp_path,

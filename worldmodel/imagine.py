@@ -7,8 +7,8 @@
 
 Every job is (policy, start episode, seed, task): the rollout starts from the first frame of that source
 episode, optionally after `warmup_random_steps` random actions (a random perturbation of the initial
-pose), and runs `max_episode_steps` env steps, optionally with Gaussian `action_noise` on every action
-(exploration: a deterministic policy then tries something else on each seed). The judge scores its last frames; with `keep_failures`
+pose), and runs `max_episode_steps` env steps, optionally with Gaussian `action_noise` on every action,
+white or correlated in time (exploration: a deterministic policy then tries something else on each seed). The judge scores its last frames; with `keep_failures`
 off only rollouts scoring >= `threshold` are written.
 
 The output is a LeRobotDataset v3 written through lerobot's API with the source's features, so
@@ -28,6 +28,7 @@ redoes only the jobs after the last commit.
 from __future__ import annotations
 
 import json
+import math
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,10 @@ class ImagineConfig:
     # Exploration: the std of Gaussian noise added to every policy action (in action units, before clipping). The
     # action written is the one executed, and seeds of one start then differ. 0: the policy's own actions.
     action_noise: float = 0.0
+    # The noise's correlation from one env step to the next (an AR(1) process of the same std): 0 is white noise,
+    # which a closed-loop policy averages away; near 1 it is a slowly drifting offset, which moves where the policy
+    # ends up (temporally correlated noise explores further).
+    action_noise_correlation: float = 0.0
     max_episode_steps: int = 120
     threshold: float = 0.5
     keep_failures: bool = False
@@ -73,10 +78,29 @@ class ImagineConfig:
 LEDGER = Path("meta") / "imagined.json"
 
 
+class ExplorationNoise:
+    """Gaussian noise of std `std` per action dimension, correlated `correlation` from one step to the next (AR(1),
+    started from its stationary distribution, so every step has the same std)."""
+
+    def __init__(self, std: float, correlation: float, shape: tuple, rng: np.random.Generator):
+        self.std, self.correlation, self.shape, self.rng = std, correlation, shape, rng
+        self.value = rng.normal(0.0, std, shape) if std > 0 else np.zeros(shape)
+
+    def next(self) -> np.ndarray:
+        current = self.value
+        if self.std > 0:
+            fresh = self.rng.normal(0.0, self.std, self.shape)
+            self.value = self.correlation * current + math.sqrt(1 - self.correlation ** 2) * fresh
+        return current
+
+
 class Imaginer:
     """Generates the dataset; `policies` are objects with reset()/select_action() (any adapter)."""
 
     def __init__(self, cfg: ImagineConfig, policies: dict, judge):
+        if cfg.action_noise < 0 or not 0.0 <= cfg.action_noise_correlation < 1.0:
+            raise ValueError(f"action_noise: {cfg.action_noise} must be >= 0 and action_noise_correlation: "
+                             f"{cfg.action_noise_correlation} in [0, 1)")
         self.cfg, self.policies, self.judge = cfg, policies, judge
         self.model = VideoDiT.from_pretrained(cfg.model)
         keys = list(self.model.cfg.camera_keys)
@@ -105,7 +129,7 @@ class Imaginer:
                            "keep_failures": cfg.keep_failures, "policies": list(policies), "seed": cfg.seed,
                            "source": cfg.dataset.root or cfg.dataset.repo_id,
                            "warmup_random_steps": cfg.warmup_random_steps, "action_noise": cfg.action_noise,
-                           "jobs": {}}
+                           "action_noise_correlation": cfg.action_noise_correlation, "jobs": {}}
         # The ledger is committed with the episodes, so the two agree unless something else wrote here.
         recorded = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
         committed = json.loads(info.read_text())["total_episodes"] if info.exists() else 0
@@ -172,12 +196,9 @@ class Imaginer:
         if hasattr(policy, "task"):
             policy.task = task
         policy.reset()
-        rows = []
+        rows, noise = [], ExplorationNoise(cfg.action_noise, cfg.action_noise_correlation, (B, len(low)), rng)
         for _ in range(cfg.max_episode_steps):
-            action = policy.select_action(obs)
-            if cfg.action_noise > 0:
-                action = action + rng.normal(0.0, cfg.action_noise, action.shape)
-            action = np.clip(action, low, high).astype(np.float32)
+            action = np.clip(policy.select_action(obs) + noise.next(), low, high).astype(np.float32)
             seen = {k: v.copy() for k, v in obs.items()}
             obs, _, _, _, info = env.step(action)
             rows.append((seen, action, info["is_success"].copy()))
