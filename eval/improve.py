@@ -9,7 +9,8 @@
 2. Imagine `starts x seeds_per_start` rollouts of it in the world model, from the first frames of the
    dataset's episodes (optionally after `warmup_random_steps` random actions: a perturbed start; optionally with
    Gaussian `action_noise` on its actions: exploration); `wm imagine` writes every rollout with its judged score
-   as a LeRobotDataset.
+   as a LeRobotDataset. Each rollout's actions are then replayed open loop in MetaWorld from the same start, which
+   says how often imagination's verdict (world model and judge together) is the simulator's.
 3. Fine-tune the weak policy (`--policy.path=weak`) for `finetune_steps` steps, each arm on the same number of
    episodes: a. the imagined successes, b. real demonstrations the weak policy never saw, c. unfiltered
    imagined rollouts (the judge ignored); with `finetune_with_demos`, each together with the weak policy's own
@@ -48,6 +49,7 @@ class ImproveConfig:
     dataset_root: str = "outputs/recipe_cpu_reach/datasets/metaworld_reach"
     repo_id: str = "local/metaworld_reach"
     task: str = "reach-v3"
+    dataset_seed: int = 0  # the env seed of the dataset's episode 0 (data.metaworld.record: episode i uses seed + i)
     weak_demos: int = 10  # the first episodes that end in success
     state_dims: list[int] | None = None  # the state dimensions the policy reads (None: all; see policies.state_policy)
     weak_steps: int = 1500
@@ -123,9 +125,10 @@ def load_judge(cfg: ImproveConfig):
     return SuccessJudge.from_pretrained(cfg.judge).eval().probability, cfg.judge
 
 
-def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[int], list[int]]:
+def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict], list[int]]:
     """Rollouts of the weak policy in the world model, every one written by `wm imagine`'s Imaginer with the judge's
-    score (it resumes from its ledger); -> the dataset, its episodes in job order, and those judged successful."""
+    score (it resumes from its ledger); -> the dataset, its jobs in episode order, and the episodes judged
+    successful."""
     judge, judge_name = load_judge(cfg)
     root = out / "imagined"
     ledger = Imaginer(ImagineConfig(
@@ -146,7 +149,43 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[int],
         rank[j["episode_index"]] = sum(1 for other in kept if other["start"] == j["start"]
                                        and other["episode_index"] < j["episode_index"])
     kept.sort(key=lambda j: (rank[j["episode_index"]], j["start"], j["episode_index"]))
-    return root, [j["episode_index"] for j in jobs], [j["episode_index"] for j in kept]
+    return root, jobs, [j["episode_index"] for j in kept]
+
+
+def replay_in_the_simulator(cfg: ImproveConfig, root: Path, repo_id: str, jobs: list[dict]) -> list[bool | None]:
+    """Each rollout's actions replayed open loop in MetaWorld from its start: did it really succeed? Start s is the
+    dataset's episode s, recorded with env seed `dataset_seed + s` (data.metaworld.record); a start whose reset
+    state is not that episode's first state cannot be replayed (None)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    rollouts = LeRobotDataset(repo_id, root=root).hf_dataset.with_format("numpy")
+    episode, actions = np.asarray(rollouts["episode_index"]), np.asarray(rollouts["action"])
+    source = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root).hf_dataset.with_format("numpy")
+    source_episode, source_state = np.asarray(source["episode_index"]), np.asarray(source["observation.state"])
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=["corner"], image_size=32,
+                                                max_episode_steps=cfg.max_episode_steps))
+    outcomes = []
+    for job in tqdm(jobs, desc="replaying imagined rollouts in MetaWorld", unit="rollout"):
+        obs, _ = env.reset(seed=cfg.dataset_seed + job["start"])
+        first_state = source_state[np.flatnonzero(source_episode == job["start"])[0]]
+        if np.abs(obs["observation.state"] - first_state).max() > 1e-3:
+            outcomes.append(None)
+            continue
+        for action in actions[episode == job["episode_index"]]:
+            obs, _, _, _, info = env.step_state_only(action)
+        outcomes.append(bool(info["is_success"]))
+    env.close()
+    return outcomes
+
+
+def replay_summary(cfg: ImproveConfig, jobs: list[dict], outcomes: list[bool | None]) -> dict:
+    """How often imagination's verdict is the simulator's: the judge and the world model together."""
+    judged = [(j["score"] >= cfg.threshold, real) for j, real in zip(jobs, outcomes) if real is not None]
+    return {"replayed": len(judged), "not_replayable": len(outcomes) - len(judged),
+            "imagined_successes": sum(1 for ok, _ in judged if ok),
+            "imagined_successes_real": sum(1 for ok, real in judged if ok and real),
+            "imagined_failures": sum(1 for ok, _ in judged if not ok),
+            "imagined_failures_real_successes": sum(1 for ok, real in judged if not ok and real)}
 
 
 def demonstrations(cfg: ImproveConfig, notes: list) -> list[int]:
@@ -198,8 +237,19 @@ def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
         "Wilson 95% intervals, and Newcombe's interval for the difference from before."])
 
 
-def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int, n: int, notes: list) -> list[str]:
+def replay_text(replay: dict | None) -> str:
+    if replay is None:
+        return ""
+    return (f"Imagination against the simulator (each rollout's actions replayed open loop in MetaWorld from its "
+            f"start): {replay['imagined_successes_real']} of {replay['imagined_successes']} imagined successes are "
+            f"real successes, and {replay['imagined_failures_real_successes']} of {replay['imagined_failures']} "
+            f"imagined failures ({replay['not_replayable']} of the rollouts could not be replayed).")
+
+
+def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int, n: int, replay: dict | None,
+                 notes: list) -> list[str]:
     lines = [f"# Policy improvement from imagined data: {cfg.run}", "", setup_text(cfg, n_rollouts, n_kept, n), "",
+             replay_text(replay), "",
              "| policy | real success | 95% interval | change vs before (points) | 95% interval of the change |",
              "| --- | ---: | --- | ---: | --- |"]
     for name, r in results.items():
@@ -238,9 +288,14 @@ def improve(cfg: ImproveConfig) -> dict:
                                       output_dir=str(out / "weak")))
     results = {"before": real_success(weak, cfg)}
 
-    # 2. Imagined rollouts of it, each with the judge's score.
-    imagined, episodes, successes = imagine(cfg, weak, out)
-    n_kept = len(successes)
+    # 2. Imagined rollouts of it, each with the judge's score, and the same actions replayed in the simulator.
+    imagined, jobs, successes = imagine(cfg, weak, out)
+    episodes, n_kept = [j["episode_index"] for j in jobs], len(successes)
+    if cfg.warmup_random_steps == 0:
+        replay = replay_summary(cfg, jobs, replay_in_the_simulator(cfg, imagined, "local/imagined", jobs))
+    else:  # the random warm-up actions are not written, so a rollout cannot be replayed from its start
+        replay = None
+        notes.append("no replay check: the random warm-up actions before each rollout are not recorded")
 
     # 3. Fine-tune on the same number of episodes from each source, 4. measured on the same real seeds.
     n, sources = finetune_sources(cfg, imagined, episodes, successes, demos, notes)
@@ -263,11 +318,11 @@ def improve(cfg: ImproveConfig) -> dict:
                                     "change_interval": difference_interval(r["successes"], r["n"], b["successes"], b["n"])}
     n_rollouts = cfg.starts * cfg.seeds_per_start
     report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": demos[:cfg.weak_demos],
-              "imagined_rollouts": n_rollouts, "imagined_kept": n_kept,
+              "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "replay": replay,
               "finetune_episodes": n, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
               "command": command(cfg)}
     write_result(Path(cfg.results_dir) / f"improve_{cfg.run}.json", report,
-                 report_lines(cfg, results, n_rollouts, n_kept, n, notes))
+                 report_lines(cfg, results, n_rollouts, n_kept, n, replay, notes))
     return report
 
 

@@ -1,4 +1,7 @@
-"""The improvement loop's statistics: Wilson intervals and the interval of a change in success rate."""
+"""The improvement loop: its statistics (Wilson intervals, the interval of a change in success rate), the replay check
+of imagined rollouts in the simulator, and the whole loop at toy sizes."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,19 +23,15 @@ def test_difference_interval_excludes_zero_only_for_a_real_change():
     assert lo < 0 < hi
 
 
-def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, tmp_path):
-    # Toy sizes end to end on reach (the tiny model's views): weak policy, imagination (scored by the task's state
-    # rule, with action noise), four fine-tuned arms. threshold=0 keeps every rollout as a "success", so every arm really fine-tunes.
-    import json
-
+@pytest.fixture(scope="module")
+def reach_demos(tmp_path_factory):
+    """6 noisy-expert reach episodes x 100 steps (env seeds 0..5), some of them failures; -> root, final outcomes."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from data.metaworld.record import RecordConfig, record
-    from eval.improve import ImproveConfig, improve
     from worldmodel.envs.metaworld import MetaWorldConfig
-    from worldmodel.sampler import SamplerConfig
 
-    root = tmp_path / "reach"
+    root = tmp_path_factory.mktemp("improve") / "reach"
     record(RecordConfig(root=str(root), repo_id="test/reach", episodes=6, seed=0, workers=1, action_noise=0.6,
                         env=MetaWorldConfig(task="reach-v3", cameras=["corner", "gripperPOV"], image_size=32,
                                             max_episode_steps=100)))
@@ -40,10 +39,41 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, tm
     episode, success = np.asarray(table["episode_index"]), np.asarray(table["next.success"]).reshape(-1)
     ends_in_success = {int(e): bool(success[episode == e][-1]) for e in set(episode.tolist())}
     assert 3 <= sum(ends_in_success.values()) < 6  # demonstrations and at least one failed episode
+    return root, ends_in_success
+
+
+def test_replaying_recorded_actions_from_their_start_reproduces_their_outcome(reach_demos):
+    # The replay check's ground truth: an episode's actions replayed from its env seed end as recorded; with the
+    # wrong seed no start matches, and nothing is replayed.
+    from eval.improve import ImproveConfig, replay_in_the_simulator, replay_summary
+
+    root, ends_in_success = reach_demos
+    cfg = ImproveConfig(dataset_root=str(root), repo_id="test/reach", task="reach-v3", max_episode_steps=100)
+    jobs = [{"start": e, "episode_index": e, "score": float(ok)} for e, ok in sorted(ends_in_success.items())]
+    outcomes = replay_in_the_simulator(cfg, root, "test/reach", jobs)
+    assert outcomes == [ends_in_success[e] for e in sorted(ends_in_success)]
+    summary = replay_summary(cfg, jobs, outcomes)
+    assert summary["imagined_successes_real"] == summary["imagined_successes"] == sum(ends_in_success.values())
+    assert summary["imagined_failures_real_successes"] == 0
+    wrong_seed = replace(cfg, dataset_seed=100)
+    assert replay_in_the_simulator(wrong_seed, root, "test/reach", jobs) == [None] * len(jobs)
+
+
+def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, reach_demos, tmp_path):
+    # Toy sizes end to end on reach (the tiny model's views): weak policy, imagination (scored by the task's state
+    # rule, with action noise), four fine-tuned arms. threshold=0 keeps every rollout as a "success", so every arm really fine-tunes.
+    import json
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from eval.improve import ImproveConfig, improve
+    from worldmodel.sampler import SamplerConfig
+
+    root, ends_in_success = reach_demos
 
     cfg = ImproveConfig(model=str(tiny_world_model_dir), judge=None, dataset_root=str(root),
                         repo_id="test/reach", task="reach-v3", weak_demos=1, weak_steps=2, finetune_steps=2, starts=2,
-                        seeds_per_start=1, warmup_random_steps=2, action_noise=0.3, threshold=0.0, eval_episodes=2, max_episode_steps=8,
+                        seeds_per_start=1, warmup_random_steps=0, action_noise=0.3, threshold=0.0, eval_episodes=2, max_episode_steps=8,
                         batch_size=2, sampler=SamplerConfig(steps=1, window=1), run="test",
                         output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"))
     report = improve(cfg)
@@ -51,6 +81,7 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, tm
     assert list(results) == ["before", "after_demos_only", "after_imagined_successes", "after_real_demos",
                              "after_imagined_unfiltered"]
     assert report["imagined_kept"] == 2 and report["finetune_episodes"] == 2
+    assert report["replay"]["replayed"] == 2 and report["replay"]["imagined_successes"] == 2  # threshold 0
     # Demonstrations are the episodes that end in success: the weak policy's and the real-demos arm's.
     assert report["demonstrations"] == sorted(e for e, ok in ends_in_success.items() if ok)
     assert all(ends_in_success[e] for e in report["weak_episodes"] + results["after_real_demos"]["episodes"])
