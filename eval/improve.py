@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -144,10 +145,10 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict]
     kept = [j for j in jobs if j["score"] >= cfg.threshold]
     # Round robin over starts (every start's first success, then every start's second, ...): an arm capped at n
     # episodes covers as many starts as it can, not the first few starts' seeds.
-    rank = {}
-    for j in kept:
-        rank[j["episode_index"]] = sum(1 for other in kept if other["start"] == j["start"]
-                                       and other["episode_index"] < j["episode_index"])
+    earlier_successes, rank = Counter(), {}
+    for j in kept:  # in episode order
+        rank[j["episode_index"]] = earlier_successes[j["start"]]
+        earlier_successes[j["start"]] += 1
     kept.sort(key=lambda j: (rank[j["episode_index"]], j["start"], j["episode_index"]))
     return root, jobs, [j["episode_index"] for j in kept]
 

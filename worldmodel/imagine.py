@@ -8,8 +8,8 @@
 Every job is (policy, start episode, seed, task): the rollout starts from the first frame of that source
 episode, optionally after `warmup_random_steps` random actions (a random perturbation of the initial
 pose), and runs `max_episode_steps` env steps, optionally with Gaussian `action_noise` on every action,
-white or correlated in time (exploration: a deterministic policy then tries something else on each seed). The judge scores its last frames; with `keep_failures`
-off only rollouts scoring >= `threshold` are written.
+white or correlated in time (exploration: a deterministic policy then tries something else on each seed).
+The judge scores its last frames; with `keep_failures` off only rollouts scoring >= `threshold` are written.
 
 The output is a LeRobotDataset v3 written through lerobot's API with the source's features, so
 `lerobot-train` and `wm train` read it directly. Rows are env steps at the source fps: each row holds
