@@ -155,24 +155,23 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict]
 
 def replay_in_the_simulator(cfg: ImproveConfig, root: Path, repo_id: str, jobs: list[dict]) -> list[bool | None]:
     """Each rollout's actions replayed open loop in MetaWorld from its start: did it really succeed? Start s is the
-    dataset's episode s, recorded with env seed `dataset_seed + s` (data.metaworld.record); a start whose reset
-    state is not that episode's first state cannot be replayed (None)."""
+    dataset's episode s, recorded with env seed `dataset_seed + s` (data.metaworld.record); a rollout whose first
+    state is not that reset's state cannot be replayed (None)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     rollouts = LeRobotDataset(repo_id, root=root).hf_dataset.with_format("numpy")
     episode, actions = np.asarray(rollouts["episode_index"]), np.asarray(rollouts["action"])
-    source = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root).hf_dataset.with_format("numpy")
-    source_episode, source_state = np.asarray(source["episode_index"]), np.asarray(source["observation.state"])
+    states = np.asarray(rollouts["observation.state"])
     env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=["corner"], image_size=32,
                                                 max_episode_steps=cfg.max_episode_steps))
     outcomes = []
     for job in tqdm(jobs, desc="replaying imagined rollouts in MetaWorld", unit="rollout"):
         obs, _ = env.reset(seed=cfg.dataset_seed + job["start"])
-        first_state = source_state[np.flatnonzero(source_episode == job["start"])[0]]
-        if np.abs(obs["observation.state"] - first_state).max() > 1e-3:
+        rows = episode == job["episode_index"]
+        if np.abs(obs["observation.state"] - states[rows][0]).max() > 1e-3:
             outcomes.append(None)
             continue
-        for action in actions[episode == job["episode_index"]]:
+        for action in actions[rows]:
             obs, _, _, _, info = env.step_state_only(action)
         outcomes.append(bool(info["is_success"]))
     env.close()
@@ -285,7 +284,8 @@ def improve(cfg: ImproveConfig) -> dict:
                                    state_dims=cfg.state_dims)
 
     # 1. The weak policy, and where it starts.
-    weak = train_state_policy(replace(policy_cfg, episodes=demos[:cfg.weak_demos], steps=cfg.weak_steps,
+    weak_episodes = demos[:cfg.weak_demos]
+    weak = train_state_policy(replace(policy_cfg, episodes=weak_episodes, steps=cfg.weak_steps,
                                       output_dir=str(out / "weak")))
     results = {"before": real_success(weak, cfg)}
 
@@ -303,22 +303,22 @@ def improve(cfg: ImproveConfig) -> dict:
     if n == 0:
         notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
         sources = {}
-    weak_demos = [EpisodeSource(cfg.dataset_root, cfg.repo_id, demos[:cfg.weak_demos])]
+    weak_source = [EpisodeSource(cfg.dataset_root, cfg.repo_id, weak_episodes)]
     if cfg.finetune_with_demos and sources:
-        sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, demos[:cfg.weak_demos]), **sources}
+        sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, weak_episodes), **sources}
     for name, (root, repo_id, episodes) in sources.items():
         keep_demos = cfg.finetune_with_demos and name != "demos_only"
         tuned = train_state_policy(replace(
             policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes, steps=cfg.finetune_steps,
             output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
-            extra_sources=weak_demos if keep_demos else []))
+            extra_sources=weak_source if keep_demos else []))
         r = real_success(tuned, cfg)
         b = results["before"]
         results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "episodes": episodes,
                                     "change": r["success"] - b["success"],
                                     "change_interval": difference_interval(r["successes"], r["n"], b["successes"], b["n"])}
     n_rollouts = cfg.starts * cfg.seeds_per_start
-    report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": demos[:cfg.weak_demos],
+    report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": weak_episodes,
               "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "replay": replay,
               "finetune_episodes": n, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
               "command": command(cfg)}
