@@ -28,37 +28,7 @@ def test_state_only_copy_holds_the_chosen_episodes_of_every_source_without_video
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # refused before anything was written
 
 
-def test_state_policy_trains_and_acts_on_the_state_alone(tiny_dataset_root, tmp_path):
-    checkpoint = train_state_policy(StatePolicyConfig(
-        dataset_root=str(tiny_dataset_root), repo_id="test/tiny", episodes=[0, 1], steps=3, batch_size=4,
-        dim_model=16, chunk_size=2, output_dir=str(tmp_path / "act")))
-    policy = load_state_policy(str(checkpoint))
-    assert not any(k.startswith("observation.images") for k in policy.expected_keys)
-    state = np.random.default_rng(0).normal(size=(2, 39)).astype(np.float32)
-    action = policy.select_action({"observation.state": state})  # no images needed
-    assert action.shape == (2, 4) and np.isfinite(action).all()
-    policy.reset()
-    assert not np.allclose(policy.select_action({"observation.state": state + 1}), action)  # it reads the state
-    with pytest.raises(KeyError, match="from observation.state"):
-        policy.select_action({"observation.images.corner": np.zeros((2, 32, 32, 3), np.uint8)})
-    # A dimension that never varied in the demos (the padded second object) moved by 1 mm, as a world model's
-    # error might: the action barely changes (z-scored by a zero spread it would be an input of 10^5).
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    seen = np.asarray(LeRobotDataset("test/tiny", root=tiny_dataset_root, episodes=[0]).hf_dataset
-                      .with_format("numpy")["observation.state"][:2]).astype(np.float32)
-    nudged = seen.copy()
-    nudged[:, 11] += 1e-3
-    policy.reset()
-    steady = policy.select_action({"observation.state": seen})
-    policy.reset()
-    assert np.abs(policy.select_action({"observation.state": nudged}) - steady).max() < 1e-2
-    # an interrupted caller resumes: a finished checkpoint is reused, not retrained
-    assert train_state_policy(StatePolicyConfig(dataset_root="/nonexistent", steps=3,
-                                                output_dir=str(tmp_path / "act"))) == checkpoint
-
-
-def test_a_policy_on_some_state_dimensions_reads_those_and_only_those(tiny_dataset_root, tmp_path):
+def test_a_state_policy_trains_acts_on_its_state_dimensions_alone_and_resumes(tiny_dataset_root, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     dims = [0, 1, 2, 36, 37, 38]  # the hand and the goal
@@ -70,16 +40,28 @@ def test_a_policy_on_some_state_dimensions_reads_those_and_only_those(tiny_datas
     np.testing.assert_allclose(np.asarray(copy.hf_dataset.with_format("numpy")[POLICY_STATE_KEY]),
                                np.asarray(source.hf_dataset.with_format("numpy")["observation.state"])[:, dims])
     policy = load_state_policy(str(checkpoint))  # the dimensions travel with the checkpoint
+    assert not any(k.startswith("observation.images") for k in policy.expected_keys)
     state = np.asarray(source.hf_dataset.with_format("numpy")["observation.state"][:2]).astype(np.float32)
 
     def act(s):
         policy.reset()
         return policy.select_action({"observation.state": s})
 
+    assert act(state).shape == (2, 4) and np.isfinite(act(state)).all()  # no images needed
     other, chosen = state.copy(), state.copy()
     other[:, 4:7] += 0.3  # the puck: not read
     chosen[:, 37] += 0.3  # the goal: read
     np.testing.assert_array_equal(act(other), act(state))
     assert not np.allclose(act(chosen), act(state))
+    # The goal never varied in this one demo. Moved by 1 mm, as a world model's error might move it, the action
+    # barely changes (z-scored by a zero spread it would be an input of 10^5).
+    nudged = state.copy()
+    nudged[:, 37] += 1e-3
+    assert np.abs(act(nudged) - act(state)).max() < 1e-2
+    with pytest.raises(KeyError, match="from observation.state"):
+        policy.select_action({"observation.images.corner": np.zeros((2, 32, 32, 3), np.uint8)})
     with pytest.raises(ValueError, match="state_dims"):
         state_only_copy([EpisodeSource(str(tiny_dataset_root), "test/tiny", [0])], tmp_path / "bad", state_dims=[0, 39])
+    # an interrupted caller resumes: a finished checkpoint is reused, not retrained
+    assert train_state_policy(StatePolicyConfig(dataset_root="/nonexistent", steps=3,
+                                                output_dir=str(tmp_path / "act"))) == checkpoint
