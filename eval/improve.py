@@ -28,6 +28,7 @@ import math
 import random
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class ImproveConfig:
     eval_seed: int = 2000
     max_episode_steps: int = 120
     batch_size: int = 50
+    finetune_workers: int = 1  # arms fine-tuned at once (each is its own lerobot-train process): >1 on many cores
     device: str = "cpu"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
@@ -223,8 +225,9 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
 def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
     judge = cfg.judge or "the task's state rule"
     inputs = "the whole state" if cfg.state_dims is None else f"state dimensions {cfg.state_dims}"
-    noise = (f", action noise {cfg.action_noise} correlated {cfg.action_noise_correlation} from step to step"
-             if cfg.action_noise else "")
+    correlation = (f"correlated {cfg.action_noise_correlation} from step to step" if cfg.action_noise_correlation
+                   else "white")
+    noise = f", action noise {cfg.action_noise} {correlation}" if cfg.action_noise else ""
     extra = f" plus its {cfg.weak_demos} demonstrations" if cfg.finetune_with_demos else ""
     return " ".join([
         f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`.",
@@ -276,6 +279,8 @@ def command(cfg: ImproveConfig) -> str:
 
 def improve(cfg: ImproveConfig) -> dict:
     started, out, notes = time.time(), Path(cfg.output_dir), []
+    if cfg.finetune_workers < 1:
+        raise ValueError(f"finetune_workers: expected at least 1, got {cfg.finetune_workers}")
     demos = demonstrations(cfg, notes)
     if len(demos) < cfg.weak_demos:
         raise ValueError(f"weak_demos: {cfg.weak_demos} asked for, but {cfg.dataset_root} has {len(demos)} "
@@ -306,13 +311,17 @@ def improve(cfg: ImproveConfig) -> dict:
     weak_source = [EpisodeSource(cfg.dataset_root, cfg.repo_id, weak_episodes)]
     if cfg.finetune_with_demos and sources:
         sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, weak_episodes), **sources}
-    for name, (root, repo_id, episodes) in sources.items():
+    def finetune(name, root, repo_id, episodes):
         keep_demos = cfg.finetune_with_demos and name != "demos_only"
-        tuned = train_state_policy(replace(
+        return train_state_policy(replace(
             policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes, steps=cfg.finetune_steps,
             output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
             extra_sources=weak_source if keep_demos else []))
-        r = real_success(tuned, cfg)
+
+    with ThreadPoolExecutor(max_workers=cfg.finetune_workers) as pool:
+        tuned = {name: pool.submit(finetune, name, *source) for name, source in sources.items()}
+    for name, (root, repo_id, episodes) in sources.items():
+        r = real_success(tuned[name].result(), cfg)
         b = results["before"]
         results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "episodes": episodes,
                                     "change": r["success"] - b["success"],

@@ -61,7 +61,8 @@ def test_replaying_recorded_actions_from_their_start_reproduces_their_outcome(re
 
 def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, reach_demos, tmp_path):
     # Toy sizes end to end on reach (the tiny model's views): weak policy, imagination (scored by the task's state
-    # rule, with action noise), four fine-tuned arms. threshold=0 keeps every rollout as a "success", so every arm really fine-tunes.
+    # rule, with action noise), four fine-tuned arms, all at once. threshold=0 keeps every rollout as a "success", so
+    # every arm really fine-tunes.
     import json
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -74,7 +75,7 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
     cfg = ImproveConfig(model=str(tiny_world_model_dir), judge=None, dataset_root=str(root),
                         repo_id="test/reach", task="reach-v3", weak_demos=1, weak_steps=2, finetune_steps=2, starts=2,
                         seeds_per_start=1, warmup_random_steps=0, action_noise=0.3, threshold=0.0, eval_episodes=2, max_episode_steps=8,
-                        batch_size=2, sampler=SamplerConfig(steps=1, window=1), run="test",
+                        batch_size=2, finetune_workers=4, sampler=SamplerConfig(steps=1, window=1), run="test",
                         output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"))
     report = improve(cfg)
     results = report["results"]
