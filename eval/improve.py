@@ -25,6 +25,7 @@ after an interruption reuses what is finished.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -73,7 +74,7 @@ class ImproveConfig:
     eval_seed: int = 2000
     max_episode_steps: int = 120
     batch_size: int = 50
-    finetune_workers: int = 1  # arms fine-tuned at once (each is its own lerobot-train process): >1 on many cores
+    finetune_workers: int = 1  # arms fine-tuned at once, each a lerobot-train process with its share of the cores
     device: str = "cpu"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
@@ -311,12 +312,14 @@ def improve(cfg: ImproveConfig) -> dict:
     weak_source = [EpisodeSource(cfg.dataset_root, cfg.repo_id, weak_episodes)]
     if cfg.finetune_with_demos and sources:
         sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, weak_episodes), **sources}
+    threads = None if cfg.finetune_workers == 1 else max(1, (os.cpu_count() or 1) // cfg.finetune_workers)
+
     def finetune(name, root, repo_id, episodes):
         keep_demos = cfg.finetune_with_demos and name != "demos_only"
         return train_state_policy(replace(
             policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes, steps=cfg.finetune_steps,
             output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
-            extra_sources=weak_source if keep_demos else []))
+            extra_sources=weak_source if keep_demos else [], threads=threads))
 
     with ThreadPoolExecutor(max_workers=cfg.finetune_workers) as pool:
         tuned = {name: pool.submit(finetune, name, *source) for name, source in sources.items()}
