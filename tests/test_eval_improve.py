@@ -98,3 +98,25 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
         assert data.meta.total_episodes == episodes
     assert json.loads((tmp_path / "results" / "improve_test.json").read_text())["run"] == "test"
     assert "change vs before" in (tmp_path / "results" / "improve_test.md").read_text()
+
+
+def test_runs_of_one_configuration_pool_into_one_table(tmp_path):
+    import json
+
+    from eval.improve_seeds import ImproveSeedsConfig, improve_seeds
+
+    def run(name, before, after):  # successes out of 50 real episodes
+        results = {"before": {"success": before / 50, "successes": before, "n": 50},
+                   "after_x": {"success": after / 50, "successes": after, "n": 50, "change": (after - before) / 50}}
+        (tmp_path / f"improve_{name}.json").write_text(json.dumps({"results": results}))
+
+    run("a", 10, 20)
+    run("b", 12, 14)
+    pooled = improve_seeds(ImproveSeedsConfig(runs=["a", "b"], name="ab", results_dir=str(tmp_path)))["pooled"]
+    assert (pooled["after_x"]["successes"], pooled["after_x"]["n"]) == (34, 100)
+    assert pooled["after_x"]["change"] == pytest.approx(0.12)
+    assert pooled["after_x"]["change_interval"] == pytest.approx(difference_interval(34, 100, 22, 100))
+    assert pooled["after_x"]["per_run"] == [0.4, 0.28]
+    assert "| after_x | 0.40 (+20) | 0.28 (+4) | 0.34 |" in (tmp_path / "improve_ab.md").read_text()
+    with pytest.raises(FileNotFoundError, match="improve_c.json"):
+        improve_seeds(ImproveSeedsConfig(runs=["a", "c"], results_dir=str(tmp_path)))
