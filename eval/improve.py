@@ -102,11 +102,16 @@ def difference_interval(k_after: int, n_after: int, k_before: int, n_before: int
 
 
 # -- the steps -------------------------------------------------------------------------------------------------
+def state_only_simulator(cfg: ImproveConfig) -> MetaWorldMultiViewEnv:
+    """The task in MetaWorld, stepped with `step_state_only` (one small camera: nothing is rendered after reset)."""
+    return MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=["corner"], image_size=32,
+                                                 max_episode_steps=cfg.max_episode_steps))
+
+
 def real_success(checkpoint: Path, cfg: ImproveConfig) -> dict:
     """The policy's success in MetaWorld on env seeds eval_seed.. (state only: nothing is rendered after reset)."""
     policy = load_state_policy(str(checkpoint), task=cfg.task)
-    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=["corner"], image_size=32,
-                                                max_episode_steps=cfg.max_episode_steps))
+    env = state_only_simulator(cfg)
     outcomes = []
     for e in tqdm(range(cfg.eval_episodes), desc=f"real episodes of {checkpoint.parent.parent.parent.name}",
                   unit="episode"):
@@ -165,8 +170,7 @@ def replay_in_the_simulator(cfg: ImproveConfig, root: Path, repo_id: str, jobs: 
     rollouts = LeRobotDataset(repo_id, root=root).hf_dataset.with_format("numpy")
     episode, actions = np.asarray(rollouts["episode_index"]), np.asarray(rollouts["action"])
     states = np.asarray(rollouts["observation.state"])
-    env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=["corner"], image_size=32,
-                                                max_episode_steps=cfg.max_episode_steps))
+    env = state_only_simulator(cfg)
     outcomes = []
     for job in tqdm(jobs, desc="replaying imagined rollouts in MetaWorld", unit="rollout"):
         obs, _ = env.reset(seed=cfg.dataset_seed + job["start"])
@@ -221,6 +225,21 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
         "real_demos": (cfg.dataset_root, cfg.repo_id, sorted(unseen_real[:n])),
         "imagined_unfiltered": (imagined, "local/imagined", sorted(unfiltered[:n])),
     }
+
+
+def finetune_arms(cfg: ImproveConfig, policy_cfg: StatePolicyConfig, weak: Path, weak_episodes: list[int],
+                  sources: dict, out: Path) -> dict[str, Path]:
+    """Each arm's fine-tuned checkpoint: the weak policy trained further on the arm's episodes (plus its own
+    demonstrations with `finetune_with_demos`), `finetune_workers` arms at once, each with its share of the cores."""
+    weak_source = [EpisodeSource(cfg.dataset_root, cfg.repo_id, weak_episodes)]
+    threads = None if cfg.finetune_workers == 1 else max(1, (os.cpu_count() or 1) // cfg.finetune_workers)
+    arms = {name: replace(policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes,
+                          steps=cfg.finetune_steps, output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
+                          extra_sources=weak_source if cfg.finetune_with_demos and name != "demos_only" else [],
+                          threads=threads)
+            for name, (root, repo_id, episodes) in sources.items()}
+    with ThreadPoolExecutor(max_workers=cfg.finetune_workers) as pool:
+        return dict(zip(arms, pool.map(train_state_policy, arms.values())))
 
 
 def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
@@ -309,22 +328,11 @@ def improve(cfg: ImproveConfig) -> dict:
     if n == 0:
         notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
         sources = {}
-    weak_source = [EpisodeSource(cfg.dataset_root, cfg.repo_id, weak_episodes)]
     if cfg.finetune_with_demos and sources:
         sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, weak_episodes), **sources}
-    threads = None if cfg.finetune_workers == 1 else max(1, (os.cpu_count() or 1) // cfg.finetune_workers)
-
-    def finetune(name, root, repo_id, episodes):
-        keep_demos = cfg.finetune_with_demos and name != "demos_only"
-        return train_state_policy(replace(
-            policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes, steps=cfg.finetune_steps,
-            output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
-            extra_sources=weak_source if keep_demos else [], threads=threads))
-
-    with ThreadPoolExecutor(max_workers=cfg.finetune_workers) as pool:
-        tuned = {name: pool.submit(finetune, name, *source) for name, source in sources.items()}
+    tuned = finetune_arms(cfg, policy_cfg, weak, weak_episodes, sources, out)
     for name, (root, repo_id, episodes) in sources.items():
-        r = real_success(tuned[name].result(), cfg)
+        r = real_success(tuned[name], cfg)
         b = results["before"]
         results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "episodes": episodes,
                                     "change": r["success"] - b["success"],

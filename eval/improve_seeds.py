@@ -45,11 +45,11 @@ def read_runs(cfg: ImproveSeedsConfig) -> list[dict]:
 def pooled(reports: list[dict]) -> dict:
     """Per arm: each run's success and change, and the pooled success and change with their intervals."""
     table = {}
+    k_before = sum(r["results"]["before"]["successes"] for r in reports)
+    n_before = sum(r["results"]["before"]["n"] for r in reports)
     for arm in reports[0]["results"]:
         k = sum(r["results"][arm]["successes"] for r in reports)
         n = sum(r["results"][arm]["n"] for r in reports)
-        k_before = sum(r["results"]["before"]["successes"] for r in reports)
-        n_before = sum(r["results"]["before"]["n"] for r in reports)
         table[arm] = {"per_run": [r["results"][arm]["success"] for r in reports],
                       "per_run_change": [r["results"][arm].get("change") for r in reports],
                       "successes": k, "n": n, "success": k / n, "interval": wilson(k, n)}
