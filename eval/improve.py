@@ -37,7 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from eval.report import write_result
-from policies.state_policy import EpisodeSource, StatePolicyConfig, load_state_policy, train_state_policy
+from policies.state_policy import (EpisodeSource, StatePolicyConfig, checkpoint_folder, checkpoint_steps,
+                                   load_state_policy, train_state_policy)
 from worldmodel.dataset import DatasetConfig
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
 from worldmodel.imagine import ImagineConfig, Imaginer
@@ -69,6 +70,19 @@ class ImproveConfig:
     # Each arm fine-tunes on its episodes plus the weak policy's own demonstrations (which it must keep), and a
     # `demos_only` arm fine-tunes on those demonstrations alone: the control for the extra training steps.
     finetune_with_demos: bool = True
+    # Cosine decay of each arm's learning rate from 1e-4 to this (None: constant, ACT's preset). At a constant rate
+    # the real success of one arm swings by 20-50 points from one 250-step checkpoint to the next.
+    finetune_final_lr: float | None = None
+    # Each arm's checkpoint, chosen without a real trial: a candidate every `candidate_every` fine-tuning steps, each
+    # rolled out in the world model (no exploration noise) from the first frames of `selection_starts` episodes of
+    # `selection_root` and judged; the arm's policy is the candidate with the most imagined successes (ties: the
+    # later). None: the last checkpoint.
+    candidate_every: int | None = None
+    selection_root: str | None = None  # first frames the policies never trained from (None: the dataset's own)
+    selection_repo_id: str = "local/selection_starts"
+    selection_starts: int = 48
+    # Also measure every candidate in MetaWorld: how good imagination's choice was (never used to choose).
+    real_success_of_candidates: bool = False
     threshold: float = 0.5  # judge probability above which an imagined rollout counts as a success
     eval_episodes: int = 50
     eval_seed: int = 2000
@@ -134,21 +148,25 @@ def load_judge(cfg: ImproveConfig):
     return SuccessJudge.from_pretrained(cfg.judge).eval().probability, cfg.judge
 
 
+def imagine_config(cfg: ImproveConfig, judge_name: str, **job) -> ImagineConfig:
+    """`wm imagine`'s settings for one of the loop's imagination jobs (`job`: what differs from one to another)."""
+    return ImagineConfig(model=cfg.model, judge=judge_name, max_episode_steps=cfg.max_episode_steps,
+                         threshold=cfg.threshold, batch_size=cfg.batch_size, sampler=cfg.sampler, seed=cfg.seed,
+                         device=cfg.device, **job)
+
+
 def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict], list[int]]:
     """Rollouts of the weak policy in the world model, every one written by `wm imagine`'s Imaginer with the judge's
     score (it resumes from its ledger); -> the dataset, its jobs in episode order, and the episodes judged
     successful."""
     judge, judge_name = load_judge(cfg)
     root = out / "imagined"
-    ledger = Imaginer(ImagineConfig(
-        model=cfg.model, judge=judge_name, policies=["weak"],
-        dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id), output_root=str(root),
-        repo_id="local/imagined", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
+    ledger = Imaginer(imagine_config(
+        cfg, judge_name, policies=["weak"], dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id),
+        output_root=str(root), repo_id="local/imagined", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
         warmup_random_steps=cfg.warmup_random_steps, action_noise=cfg.action_noise,
-        action_noise_correlation=cfg.action_noise_correlation,
-        max_episode_steps=cfg.max_episode_steps,
-        threshold=cfg.threshold, keep_failures=True, batch_size=cfg.batch_size, sampler=cfg.sampler, seed=cfg.seed,
-        device=cfg.device), {"weak": load_state_policy(str(weak), task=cfg.task)}, judge).run()
+        action_noise_correlation=cfg.action_noise_correlation, keep_failures=True),
+        {"weak": load_state_policy(str(weak), task=cfg.task)}, judge).run()
     jobs = sorted(ledger["jobs"].values(), key=lambda j: j["episode_index"])
     kept = [j for j in jobs if j["score"] >= cfg.threshold]
     # Round robin over starts (every start's first success, then every start's second, ...): an arm capped at n
@@ -227,19 +245,61 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
     }
 
 
-def finetune_arms(cfg: ImproveConfig, policy_cfg: StatePolicyConfig, weak: Path, weak_episodes: list[int],
-                  sources: dict, out: Path) -> dict[str, Path]:
-    """Each arm's fine-tuned checkpoint: the weak policy trained further on the arm's episodes (plus its own
-    demonstrations with `finetune_with_demos`), `finetune_workers` arms at once, each with its share of the cores."""
+def arm_configs(cfg: ImproveConfig, policy_cfg: StatePolicyConfig, weak: Path, weak_episodes: list[int],
+                sources: dict, out: Path) -> dict[str, StatePolicyConfig]:
+    """Each arm's fine-tuning: the weak policy trained further on the arm's episodes (plus its own demonstrations
+    with `finetune_with_demos`), with its share of the cores when `finetune_workers` arms train at once."""
     weak_source = [EpisodeSource(cfg.dataset_root, cfg.repo_id, weak_episodes)]
     threads = None if cfg.finetune_workers == 1 else max(1, (os.cpu_count() or 1) // cfg.finetune_workers)
-    arms = {name: replace(policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes,
-                          steps=cfg.finetune_steps, output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
+    return {name: replace(policy_cfg, dataset_root=str(root), repo_id=repo_id, episodes=episodes,
+                          steps=cfg.finetune_steps, final_lr=cfg.finetune_final_lr, save_every=cfg.candidate_every,
+                          output_dir=str(out / f"finetuned_{name}"), init_from=str(weak),
                           extra_sources=weak_source if cfg.finetune_with_demos and name != "demos_only" else [],
                           threads=threads)
             for name, (root, repo_id, episodes) in sources.items()}
+
+
+def finetune_arms(cfg: ImproveConfig, arms: dict[str, StatePolicyConfig]) -> None:
     with ThreadPoolExecutor(max_workers=cfg.finetune_workers) as pool:
-        return dict(zip(arms, pool.map(train_state_policy, arms.values())))
+        list(pool.map(train_state_policy, arms.values()))
+
+
+def most_imagined_successes(imagined_success: dict[int, float]) -> int:
+    """The candidate step with the highest imagined success; of equals, the later (more training, same evidence)."""
+    return max(imagined_success, key=lambda step: (imagined_success[step], step))
+
+
+def imagined_success_of_candidates(cfg: ImproveConfig, arm: StatePolicyConfig, name: str, out: Path) -> dict[int, float]:
+    """Each of the arm's checkpoints rolled out in the world model from the selection starts and judged (as `wm
+    imagine` does; the judged successes are written to `out/selection_<arm>`, and a rerun resumes): -> {step: rate}."""
+    judge, judge_name = load_judge(cfg)
+    root, repo_id = ((cfg.selection_root, cfg.selection_repo_id) if cfg.selection_root
+                     else (cfg.dataset_root, cfg.repo_id))
+    candidates = {str(step): load_state_policy(str(checkpoint_folder(arm, step)), task=cfg.task)
+                  for step in checkpoint_steps(arm)}
+    ledger = Imaginer(imagine_config(
+        cfg, judge_name, policies=list(candidates), dataset=DatasetConfig(root=root, repo_id=repo_id),
+        output_root=str(out / f"selection_{name}"), repo_id="local/selection", starts=cfg.selection_starts),
+        candidates, judge).run()
+    jobs = list(ledger["jobs"].values())
+    return {int(step): float(np.mean([j["score"] >= cfg.threshold for j in jobs if j["policy"] == step]))
+            for step in candidates}
+
+
+def after_finetuning(cfg: ImproveConfig, arm: StatePolicyConfig, name: str, out: Path, before: dict) -> dict:
+    """The arm's policy (its last checkpoint, or the candidate with the most imagined successes) and its real
+    success, as a change from before."""
+    steps = checkpoint_steps(arm)
+    imagined = imagined_success_of_candidates(cfg, arm, name, out) if len(steps) > 1 else {}
+    chosen = most_imagined_successes(imagined) if imagined else arm.steps
+    real_of_candidates = ({step: real_success(checkpoint_folder(arm, step), cfg) for step in steps}
+                          if imagined and cfg.real_success_of_candidates else {})
+    r = real_of_candidates.get(chosen) or real_success(checkpoint_folder(arm, chosen), cfg)
+    return {**r, "finetune_episodes": len(arm.episodes), "episodes": arm.episodes, "checkpoint_step": chosen,
+            "imagined_success_of_candidates": imagined,
+            "real_success_of_candidates": {step: c["success"] for step, c in real_of_candidates.items()},
+            "change": r["success"] - before["success"],
+            "change_interval": difference_interval(r["successes"], r["n"], before["successes"], before["n"])}
 
 
 def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
@@ -249,13 +309,21 @@ def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
                    else "white")
     noise = f", action noise {cfg.action_noise} {correlation}" if cfg.action_noise else ""
     extra = f" plus its {cfg.weak_demos} demonstrations" if cfg.finetune_with_demos else ""
+    schedule = ("learning rate 1e-4 constant" if cfg.finetune_final_lr is None
+                else f"learning rate 1e-4 decayed to {cfg.finetune_final_lr:g} (cosine)")
+    starts = (f"{cfg.selection_starts} episodes of `{cfg.selection_root}`" if cfg.selection_root
+              else f"{cfg.selection_starts} of the dataset's episodes")
+    choice = ("Each arm's policy is its last checkpoint." if cfg.candidate_every is None else
+              f"Each arm's policy is chosen without a real trial: of its checkpoints every {cfg.candidate_every} "
+              f"steps, the one with the most judged successes in imagination, from the first frames of {starts}.")
     return " ".join([
         f"World model `{cfg.model}`, judge `{judge}`, task `{cfg.task}`.",
         f"Weak policy: state-only ACT (`policies.state_policy`, reading {inputs}) trained on {cfg.weak_demos} real "
         f"demonstrations for {cfg.weak_steps} steps.",
         f"{n_rollouts} imagined rollouts of it ({cfg.starts} dataset starts x {cfg.seeds_per_start} seeds, "
         f"{cfg.warmup_random_steps} random steps first{noise}), {n_kept} judged successful.",
-        f"Each arm fine-tunes the weak policy for {cfg.finetune_steps} steps on {n} episodes{extra}.",
+        f"Each arm fine-tunes the weak policy for {cfg.finetune_steps} steps on {n} episodes{extra}, {schedule}.",
+        choice,
         f"Real success on the same {cfg.eval_episodes} MetaWorld episodes (env seeds {cfg.eval_seed}+) for every row; "
         "Wilson 95% intervals, and Newcombe's interval for the difference from before."])
 
@@ -273,17 +341,38 @@ def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int
                  notes: list) -> list[str]:
     lines = [f"# Policy improvement from imagined data: {cfg.run}", "", setup_text(cfg, n_rollouts, n_kept, n), "",
              replay_text(replay), "",
-             "| policy | real success | 95% interval | change vs before (points) | 95% interval of the change |",
-             "| --- | ---: | --- | ---: | --- |"]
+             "| policy | fine-tuning steps | real success | 95% interval | change vs before (points) | "
+             "95% interval of the change |",
+             "| --- | ---: | ---: | --- | ---: | --- |"]
     for name, r in results.items():
         if name == "before":
             change = "", ""
         else:
             lo, hi = r["change_interval"]
             change = f"{100 * r['change']:+.0f}", f"[{100 * lo:+.0f}, {100 * hi:+.0f}]"
-        lines.append(f"| {name} | {r['success']:.2f} | [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}] | "
-                     f"{change[0]} | {change[1]} |")
-    return lines + [""] + [f"Note: {n}" for n in notes] + ["", "Command:", "", f"    {command(cfg)}"]
+        lines.append(f"| {name} | {r.get('checkpoint_step', 0)} | {r['success']:.2f} | "
+                     f"[{r['interval'][0]:.2f}, {r['interval'][1]:.2f}] | {change[0]} | {change[1]} |")
+    return (lines + [""] + candidate_lines(results) + [f"Note: {n}" for n in notes]
+            + ["", "Command:", "", f"    {command(cfg)}"])
+
+
+def candidate_lines(results: dict) -> list[str]:
+    """Each arm's candidates: success in imagination (what chose) and, when measured, in MetaWorld (what it missed)."""
+    arms = {name: r for name, r in results.items() if r.get("imagined_success_of_candidates")}
+    if not arms:
+        return []
+    steps = sorted({step for r in arms.values() for step in r["imagined_success_of_candidates"]})
+    lines = ["Candidates of each arm: imagined success (real success, when measured); the chosen one in bold.", "",
+             "| arm | " + " | ".join(f"step {step}" for step in steps) + " |",
+             "| --- |" + " ---: |" * len(steps)]
+    for name, r in arms.items():
+        cells = []
+        for step in steps:
+            real = r["real_success_of_candidates"].get(step)
+            cell = f"{r['imagined_success_of_candidates'][step]:.2f}" + ("" if real is None else f" ({real:.2f})")
+            cells.append(f"**{cell}**" if step == r["checkpoint_step"] else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def command(cfg: ImproveConfig) -> str:
@@ -330,13 +419,10 @@ def improve(cfg: ImproveConfig) -> dict:
         sources = {}
     if cfg.finetune_with_demos and sources:
         sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, weak_episodes), **sources}
-    tuned = finetune_arms(cfg, policy_cfg, weak, weak_episodes, sources, out)
-    for name, (root, repo_id, episodes) in sources.items():
-        r = real_success(tuned[name], cfg)
-        b = results["before"]
-        results[f"after_{name}"] = {**r, "finetune_episodes": len(episodes), "episodes": episodes,
-                                    "change": r["success"] - b["success"],
-                                    "change_interval": difference_interval(r["successes"], r["n"], b["successes"], b["n"])}
+    arms = arm_configs(cfg, policy_cfg, weak, weak_episodes, sources, out)
+    finetune_arms(cfg, arms)
+    for name, arm in arms.items():
+        results[f"after_{name}"] = after_finetuning(cfg, arm, name, out, results["before"])
     n_rollouts = cfg.starts * cfg.seeds_per_start
     report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": weak_episodes,
               "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "replay": replay,

@@ -58,6 +58,13 @@ class StatePolicyConfig:
     dim_model: int = 64
     chunk_size: int = 8  # actions predicted at once; all of them are executed before the next prediction
     lr: float = 1e-4
+    # Cosine decay of the learning rate from `lr` to this over the steps (None: constant `lr`, lerobot's ACT preset).
+    # At a constant rate a few hundred fine-tuning steps later the same run's real success swings by tens of points;
+    # a decayed rate ends in a settled policy.
+    final_lr: float | None = None
+    # A checkpoint every this many steps (None: only the last), each usable by load_state_policy: the candidates a
+    # caller can choose among (eval.improve chooses by success in imagination).
+    save_every: int | None = None
     device: str = "cpu"
     seed: int = 0
     init_from: str | None = None  # a pretrained_model folder to fine-tune (its architecture is kept)
@@ -136,6 +143,35 @@ def state_only_copy(sources: list[EpisodeSource], dest: Path, state_dims: list[i
     return dest
 
 
+def check_schedule(cfg: StatePolicyConfig) -> None:
+    """Refuse a schedule lerobot-train would misread, before anything is written."""
+    if cfg.save_every is not None and cfg.save_every < 1:
+        raise ValueError(f"save_every: expected a positive number of steps, got {cfg.save_every}")
+    if cfg.final_lr is not None and not 0 <= cfg.final_lr <= cfg.lr:
+        raise ValueError(f"final_lr: {cfg.final_lr} must lie in [0, lr={cfg.lr}]")
+
+
+def checkpoint_steps(cfg: StatePolicyConfig) -> list[int]:
+    """The steps at which a run saves a checkpoint, the last one included."""
+    every = cfg.save_every or cfg.steps
+    return sorted({*range(every, cfg.steps + 1, every), cfg.steps})
+
+
+def checkpoint_folder(cfg: StatePolicyConfig, step: int) -> Path:
+    return Path(cfg.output_dir) / "checkpoints" / f"{step:06d}" / "pretrained_model"
+
+
+def optimizer_flags(cfg: StatePolicyConfig) -> list[str]:
+    """lerobot-train's optimiser: ACT's preset (AdamW, constant rate), or the same AdamW with a cosine decay."""
+    if cfg.final_lr is None:
+        return [f"--policy.optimizer_lr={cfg.lr}"]
+    return ["--use_policy_training_preset=false", "--optimizer.type=adamw", f"--optimizer.lr={cfg.lr}",
+            "--optimizer.weight_decay=1e-4",  # ACT's preset
+            "--scheduler.type=cosine_decay_with_warmup", "--scheduler.num_warmup_steps=0",
+            f"--scheduler.num_decay_steps={cfg.steps}", f"--scheduler.peak_lr={cfg.lr}",
+            f"--scheduler.decay_lr={cfg.final_lr}"]
+
+
 def lerobot_train_command(cfg: StatePolicyConfig, data_root: Path) -> list[str]:
     if cfg.init_from is not None:  # fine-tuning: lerobot takes type and shape from the checkpoint
         policy = [f"--policy.path={cfg.init_from}"]
@@ -145,18 +181,19 @@ def lerobot_train_command(cfg: StatePolicyConfig, data_root: Path) -> list[str]:
                   f"--policy.chunk_size={cfg.chunk_size}",
                   f"--policy.n_action_steps={cfg.chunk_size}", f"--policy.normalization_mapping={STATE_AND_ACTION_AS_IS}"]
     return [sys.executable, "-m", "lerobot.scripts.lerobot_train", f"--dataset.repo_id={cfg.repo_id}_state",
-            f"--dataset.root={data_root}", *policy, f"--policy.optimizer_lr={cfg.lr}", "--policy.push_to_hub=false",
-            f"--policy.device={cfg.device}", f"--steps={cfg.steps}", f"--save_freq={cfg.steps}",
+            f"--dataset.root={data_root}", *policy, *optimizer_flags(cfg), "--policy.push_to_hub=false",
+            f"--policy.device={cfg.device}", f"--steps={cfg.steps}", f"--save_freq={cfg.save_every or cfg.steps}",
             f"--batch_size={cfg.batch_size}", f"--output_dir={cfg.output_dir}", f"--seed={cfg.seed}",
             "--wandb.enable=false", "--eval_freq=0", "--num_workers=0", "--log_freq=100"]
 
 
 def train_state_policy(cfg: StatePolicyConfig) -> Path:
     """The state-only copy, then lerobot-train; returns the final checkpoint's pretrained_model folder (an existing
-    one is reused, so an interrupted caller resumes). The state dimensions it reads are written beside its weights
-    last, so a checkpoint without them is unfinished."""
-    out = Path(cfg.output_dir)
-    checkpoint = out / "checkpoints" / f"{cfg.steps:06d}" / "pretrained_model"
+    one is reused, so an interrupted caller resumes). The state dimensions it reads are written beside the weights of
+    every checkpoint once the run has finished, so a final checkpoint without them is unfinished."""
+    check_schedule(cfg)
+    out, steps = Path(cfg.output_dir), checkpoint_steps(cfg)
+    checkpoint = checkpoint_folder(cfg, cfg.steps)
     if (checkpoint / STATE_DIMS_FILE).exists():
         return checkpoint
     shutil.rmtree(out, ignore_errors=True)  # lerobot-train refuses an existing output folder
@@ -165,9 +202,11 @@ def train_state_policy(cfg: StatePolicyConfig) -> Path:
     env = None if cfg.threads is None else {**os.environ, "OMP_NUM_THREADS": str(cfg.threads),
                                             "MKL_NUM_THREADS": str(cfg.threads)}
     subprocess.run(lerobot_train_command(cfg, data_root), check=True, env=env)
-    if not checkpoint.exists():
-        raise RuntimeError(f"lerobot-train finished without {checkpoint}")
-    write_json_atomic(checkpoint / STATE_DIMS_FILE, {"state_dims": cfg.state_dims})
+    missing = [str(checkpoint_folder(cfg, step)) for step in steps if not checkpoint_folder(cfg, step).exists()]
+    if missing:
+        raise RuntimeError(f"lerobot-train finished without {missing}")
+    for step in steps:  # the final one last: it marks the run finished
+        write_json_atomic(checkpoint_folder(cfg, step) / STATE_DIMS_FILE, {"state_dims": cfg.state_dims})
     return checkpoint
 
 

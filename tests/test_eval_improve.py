@@ -61,13 +61,13 @@ def test_replaying_recorded_actions_from_their_start_reproduces_their_outcome(re
 
 def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, reach_demos, tmp_path):
     # Toy sizes end to end on reach (the tiny model's views): weak policy, imagination (scored by the task's state
-    # rule, with action noise), four fine-tuned arms, all at once. threshold=0 keeps every rollout as a "success", so
-    # every arm really fine-tunes.
+    # rule, with action noise), four fine-tuned arms, all at once, each arm's checkpoint chosen in imagination.
+    # threshold=0 keeps every rollout as a "success", so every arm really fine-tunes.
     import json
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from eval.improve import ImproveConfig, improve
+    from eval.improve import ImproveConfig, improve, most_imagined_successes
     from worldmodel.sampler import SamplerConfig
 
     root, ends_in_success = reach_demos
@@ -76,6 +76,7 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
                         repo_id="test/reach", task="reach-v3", weak_demos=1, weak_steps=2, finetune_steps=2, starts=2,
                         seeds_per_start=1, warmup_random_steps=0, action_noise=0.3, threshold=0.0, eval_episodes=2, max_episode_steps=8,
                         batch_size=2, finetune_workers=4, sampler=SamplerConfig(steps=1, window=1), run="test",
+                        finetune_final_lr=1e-5, candidate_every=1, selection_starts=2, real_success_of_candidates=True,
                         output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"))
     report = improve(cfg)
     results = report["results"]
@@ -92,12 +93,29 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
         if name != "before":
             assert r["finetune_episodes"] == (1 if name == "after_demos_only" else 2)
             assert r["change_interval"][0] <= r["change"] <= r["change_interval"][1]
+    # Each arm's policy is its candidate (steps 1 and 2) with the most imagined successes, the later of equals, and
+    # its real success is that candidate's.
+    for name, r in results.items():
+        if name != "before":
+            assert set(r["imagined_success_of_candidates"]) == set(r["real_success_of_candidates"]) == {1, 2}
+            assert r["checkpoint_step"] == most_imagined_successes(r["imagined_success_of_candidates"])
+            assert r["success"] == r["real_success_of_candidates"][r["checkpoint_step"]]
+            arm = name.removeprefix("after_")
+            assert (tmp_path / "out" / f"selection_{arm}" / "meta" / "imagined.json").exists()
     # Every arm also trains on the weak policy's demonstration (it must not forget it); demos_only on that alone.
     for arm, episodes in [("imagined_successes", 3), ("real_demos", 3), ("demos_only", 1)]:
         data = LeRobotDataset("test/x", root=tmp_path / "out" / f"finetuned_{arm}_data")
         assert data.meta.total_episodes == episodes
     assert json.loads((tmp_path / "results" / "improve_test.json").read_text())["run"] == "test"
     assert "change vs before" in (tmp_path / "results" / "improve_test.md").read_text()
+    assert "Candidates of each arm" in (tmp_path / "results" / "improve_test.md").read_text()
+
+
+def test_imagination_chooses_the_candidate_with_the_most_successes_the_later_of_equals():
+    from eval.improve import most_imagined_successes
+
+    assert most_imagined_successes({250: 0.5, 500: 0.7, 750: 0.7, 1000: 0.6}) == 750
+    assert most_imagined_successes({250: 0.9, 500: 0.1}) == 250
 
 
 def test_runs_of_one_configuration_pool_into_one_table(tmp_path):

@@ -1,11 +1,15 @@
 """The state-only policy recipe: a state-only copy lerobot reads, lerobot-train on it, and a policy that acts on the
 env's `observation.state` alone (the same in MetaWorld and inside the world model)."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from policies.state_policy import (POLICY_STATE_KEY, EpisodeSource, StatePolicyConfig, load_state_policy,
-                                   state_only_copy, train_state_policy)
+from policies.state_policy import (POLICY_STATE_KEY, STATE_DIMS_FILE, EpisodeSource, StatePolicyConfig,
+                                   checkpoint_folder, checkpoint_steps, load_state_policy, state_only_copy,
+                                   train_state_policy)
 
 
 def test_state_only_copy_holds_the_chosen_episodes_of_every_source_without_video(tiny_dataset_root, tmp_path):
@@ -32,9 +36,15 @@ def test_a_state_policy_trains_acts_on_its_state_dimensions_alone_and_resumes(ti
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     dims = [0, 1, 2, 36, 37, 38]  # the hand and the goal
-    checkpoint = train_state_policy(StatePolicyConfig(
-        dataset_root=str(tiny_dataset_root), repo_id="test/tiny", episodes=[0], steps=3, batch_size=4,
-        dim_model=16, chunk_size=2, output_dir=str(tmp_path / "act"), state_dims=dims))
+    cfg = StatePolicyConfig(dataset_root=str(tiny_dataset_root), repo_id="test/tiny", episodes=[0], steps=3,
+                            batch_size=4, dim_model=16, chunk_size=2, output_dir=str(tmp_path / "act"), state_dims=dims,
+                            lr=1e-4, final_lr=1e-5, save_every=2)
+    checkpoint = train_state_policy(cfg)
+    # A candidate every 2 steps and the last, each loadable with its dimensions; the rate decayed to final_lr.
+    assert checkpoint_steps(cfg) == [2, 3] and checkpoint == checkpoint_folder(cfg, 3)
+    assert json.loads((checkpoint_folder(cfg, 2) / STATE_DIMS_FILE).read_text())["state_dims"] == dims
+    scheduler = json.loads((checkpoint.parent / "training_state" / "scheduler_state.json").read_text())
+    assert scheduler["_last_lr"] == pytest.approx([1e-5])
     copy = LeRobotDataset("test/tiny_state", root=tmp_path / "act_data")
     source = LeRobotDataset("test/tiny", root=tiny_dataset_root, episodes=[0])
     np.testing.assert_allclose(np.asarray(copy.hf_dataset.with_format("numpy")[POLICY_STATE_KEY]),
@@ -60,6 +70,11 @@ def test_a_state_policy_trains_acts_on_its_state_dimensions_alone_and_resumes(ti
     assert np.abs(act(nudged) - act(state)).max() < 1e-2
     with pytest.raises(KeyError, match="from observation.state"):
         policy.select_action({"observation.images.corner": np.zeros((2, 32, 32, 3), np.uint8)})
+    with pytest.raises(ValueError, match="final_lr"):  # refused before anything is trained
+        train_state_policy(replace(cfg, final_lr=1e-3, output_dir=str(tmp_path / "bad_lr")))
+    with pytest.raises(ValueError, match="save_every"):
+        train_state_policy(replace(cfg, save_every=0, output_dir=str(tmp_path / "bad_every")))
+    assert not (tmp_path / "bad_lr").exists() and not (tmp_path / "bad_every").exists()
     with pytest.raises(ValueError, match="state_dims"):
         state_only_copy([EpisodeSource(str(tiny_dataset_root), "test/tiny", [0])], tmp_path / "bad", state_dims=[0, 39])
     # an interrupted caller resumes: a finished checkpoint is reused, not retrained
