@@ -15,6 +15,9 @@
    episodes: a. the imagined successes, b. real demonstrations the weak policy never saw, c. unfiltered
    imagined rollouts (the judge ignored); with `finetune_with_demos`, each together with the weak policy's own
    demonstrations, and d. those demonstrations alone (the control for training longer).
+   With `candidate_every`, each arm's policy is chosen without a real trial, as a user of the toolkit would:
+   its checkpoints every `candidate_every` steps are rolled out in the world model from first frames none of
+   them trained from (`selection_root`) and judged, and the one with the most imagined successes is the arm's.
 4. Real success in MetaWorld before and after, every arm on the same `eval_episodes` env seeds, with Wilson
    95% intervals, and the difference after - before with Newcombe's interval (the hybrid score interval for
    a difference of two proportions).
@@ -356,6 +359,21 @@ def report_lines(cfg: ImproveConfig, results: dict, n_rollouts: int, n_kept: int
             + ["", "Command:", "", f"    {command(cfg)}"])
 
 
+def choice_check(results: dict) -> dict | None:
+    """How good imagination's choice was, where every candidate's real success was measured: the correlation of
+    imagined and real success over all candidates, and how far each chosen one falls below its arm's best."""
+    arms = [r for r in results.values() if r.get("real_success_of_candidates")]
+    if not arms:
+        return None
+    pairs = [(r["imagined_success_of_candidates"][step], real) for r in arms
+             for step, real in r["real_success_of_candidates"].items()]
+    imagined, real = np.array(pairs).T
+    pearson = float(np.corrcoef(imagined, real)[0, 1]) if imagined.std() > 0 and real.std() > 0 else float("nan")
+    regret = [max(r["real_success_of_candidates"].values()) - r["success"] for r in arms]
+    return {"candidates": len(pairs), "pearson": pearson, "mean_regret": float(np.mean(regret)),
+            "max_regret": float(np.max(regret))}
+
+
 def candidate_lines(results: dict) -> list[str]:
     """Each arm's candidates: success in imagination (what chose) and, when measured, in MetaWorld (what it missed)."""
     arms = {name: r for name, r in results.items() if r.get("imagined_success_of_candidates")}
@@ -372,6 +390,12 @@ def candidate_lines(results: dict) -> list[str]:
             cell = f"{r['imagined_success_of_candidates'][step]:.2f}" + ("" if real is None else f" ({real:.2f})")
             cells.append(f"**{cell}**" if step == r["checkpoint_step"] else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    check = choice_check(results)
+    if check:
+        lines += ["", f"Imagination as the judge of checkpoints: over the {check['candidates']} candidates, Pearson "
+                      f"r = {check['pearson']:.2f} between imagined and real success; each arm's chosen checkpoint "
+                      f"is {100 * check['mean_regret']:.1f} points below the arm's best in MetaWorld on average "
+                      f"(at most {100 * check['max_regret']:.0f})."]
     return lines + [""]
 
 
@@ -386,10 +410,19 @@ def command(cfg: ImproveConfig) -> str:
     return "python -m eval.improve " + " ".join(f"--{k}={flag(v)}" for k, v in asdict(cfg).items() if k != "sampler")
 
 
-def improve(cfg: ImproveConfig) -> dict:
-    started, out, notes = time.time(), Path(cfg.output_dir), []
+def check_config(cfg: ImproveConfig) -> None:
+    """What would otherwise fail after the weak policy and the arms have trained."""
     if cfg.finetune_workers < 1:
         raise ValueError(f"finetune_workers: expected at least 1, got {cfg.finetune_workers}")
+    if cfg.candidate_every is not None and not 1 <= cfg.candidate_every <= cfg.finetune_steps:
+        raise ValueError(f"candidate_every: {cfg.candidate_every} must lie in [1, finetune_steps={cfg.finetune_steps}]")
+    if cfg.selection_root is not None and not (Path(cfg.selection_root) / "meta" / "info.json").exists():
+        raise ValueError(f"selection_root: {cfg.selection_root} is not a LeRobotDataset (no meta/info.json)")
+
+
+def improve(cfg: ImproveConfig) -> dict:
+    started, out, notes = time.time(), Path(cfg.output_dir), []
+    check_config(cfg)
     demos = demonstrations(cfg, notes)
     if len(demos) < cfg.weak_demos:
         raise ValueError(f"weak_demos: {cfg.weak_demos} asked for, but {cfg.dataset_root} has {len(demos)} "
@@ -426,7 +459,8 @@ def improve(cfg: ImproveConfig) -> dict:
     n_rollouts = cfg.starts * cfg.seeds_per_start
     report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": weak_episodes,
               "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "replay": replay,
-              "finetune_episodes": n, "notes": notes, "config": asdict(cfg), "seconds": time.time() - started,
+              "finetune_episodes": n, "choice_check": choice_check(results), "notes": notes, "config": asdict(cfg),
+              "seconds": time.time() - started,
               "command": command(cfg)}
     write_result(Path(cfg.results_dir) / f"improve_{cfg.run}.json", report,
                  report_lines(cfg, results, n_rollouts, n_kept, n, replay, notes))

@@ -78,6 +78,10 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
                         batch_size=2, finetune_workers=4, sampler=SamplerConfig(steps=1, window=1), run="test",
                         finetune_final_lr=1e-5, candidate_every=1, selection_starts=2, real_success_of_candidates=True,
                         output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"))
+    for bad in [replace(cfg, selection_root=str(tmp_path / "nowhere")), replace(cfg, candidate_every=3)]:
+        with pytest.raises(ValueError, match="selection_root|candidate_every"):  # before anything trains
+            improve(bad)
+    assert not (tmp_path / "out").exists()
     report = improve(cfg)
     results = report["results"]
     assert list(results) == ["before", "after_demos_only", "after_imagined_successes", "after_real_demos",
@@ -109,13 +113,25 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
     assert json.loads((tmp_path / "results" / "improve_test.json").read_text())["run"] == "test"
     assert "change vs before" in (tmp_path / "results" / "improve_test.md").read_text()
     assert "Candidates of each arm" in (tmp_path / "results" / "improve_test.md").read_text()
+    assert report["choice_check"]["candidates"] == 8 and report["choice_check"]["mean_regret"] >= 0
 
 
 def test_imagination_chooses_the_candidate_with_the_most_successes_the_later_of_equals():
-    from eval.improve import most_imagined_successes
+    from eval.improve import choice_check, most_imagined_successes
 
     assert most_imagined_successes({250: 0.5, 500: 0.7, 750: 0.7, 1000: 0.6}) == 750
     assert most_imagined_successes({250: 0.9, 500: 0.1}) == 250
+    # The check of the choice: imagination ranks arm a's candidates right and arm b's wrong.
+    results = {"before": {"success": 0.4},
+               "a": {"imagined_success_of_candidates": {1: 0.1, 2: 0.3}, "real_success_of_candidates": {1: 0.2, 2: 0.6},
+                     "success": 0.6},
+               "b": {"imagined_success_of_candidates": {1: 0.2, 2: 0.1}, "real_success_of_candidates": {1: 0.3, 2: 0.5},
+                     "success": 0.3}}
+    check = choice_check(results)
+    assert check["candidates"] == 4
+    assert check["mean_regret"] == pytest.approx(0.1) and check["max_regret"] == pytest.approx(0.2)
+    assert check["pearson"] == pytest.approx(np.corrcoef([0.1, 0.3, 0.2, 0.1], [0.2, 0.6, 0.3, 0.5])[0, 1])
+    assert choice_check({"before": {"success": 0.4}}) is None
 
 
 def test_runs_of_one_configuration_pool_into_one_table(tmp_path):
