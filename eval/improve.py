@@ -46,6 +46,7 @@ from worldmodel.dataset import DatasetConfig
 from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
 from worldmodel.imagine import ImagineConfig, Imaginer
 from worldmodel.judge import StateDistanceJudge, SuccessJudge
+from worldmodel.metrics import pearson
 from worldmodel.sampler import SamplerConfig
 
 
@@ -368,9 +369,8 @@ def choice_check(results: dict) -> dict | None:
     pairs = [(r["imagined_success_of_candidates"][step], real) for r in arms
              for step, real in r["real_success_of_candidates"].items()]
     imagined, real = np.array(pairs).T
-    pearson = float(np.corrcoef(imagined, real)[0, 1]) if imagined.std() > 0 and real.std() > 0 else float("nan")
     regret = [max(r["real_success_of_candidates"].values()) - r["success"] for r in arms]
-    return {"candidates": len(pairs), "pearson": pearson, "mean_regret": float(np.mean(regret)),
+    return {"candidates": len(pairs), "pearson": pearson(real, imagined), "mean_regret": float(np.mean(regret)),
             "max_regret": float(np.max(regret))}
 
 
