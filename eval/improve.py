@@ -85,6 +85,11 @@ class ImproveConfig:
     selection_root: str | None = None  # first frames the policies never trained from (None: the dataset's own)
     selection_repo_id: str = "local/selection_starts"
     selection_starts: int = 48
+    # Where the real-demonstrations arm's episodes come from. None: the dataset's demonstrations the weak policy
+    # never saw (the arms are then capped at their number); or another recording of the task, whose episodes that
+    # end in success are all unseen, so the arms can be compared at more episodes than the dataset has.
+    real_demos_root: str | None = None
+    real_demos_repo_id: str = "local/real_demos"
     # Also measure every candidate in MetaWorld: how good imagination's choice was (never used to choose).
     real_success_of_candidates: bool = False
     threshold: float = 0.5  # judge probability above which an imagined rollout counts as a success
@@ -217,25 +222,33 @@ def replay_summary(cfg: ImproveConfig, jobs: list[dict], outcomes: list[bool | N
             "imagined_failures_real_successes": sum(1 for ok, real in judged if not ok and real)}
 
 
-def demonstrations(cfg: ImproveConfig, notes: list) -> list[int]:
-    """The dataset's episodes that end in success (its `next.success` flag on the last row), in order: the real
+def demonstrations(root: str, repo_id: str, notes: list) -> list[int]:
+    """A dataset's episodes that end in success (its `next.success` flag on the last row), in order: the real
     demonstrations. Noisy expert episodes that fail and play tours are not demonstrations of the task."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    table = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root).hf_dataset.with_format("numpy")
+    table = LeRobotDataset(repo_id, root=root).hf_dataset.with_format("numpy")
     episode = np.asarray(table["episode_index"])
     if "next.success" not in table.column_names:
-        notes.append("the dataset has no next.success flag: every episode counts as a demonstration")
+        notes.append(f"{root} has no next.success flag: every episode counts as a demonstration")
         return sorted(set(episode.tolist()))
     success = np.asarray(table["next.success"]).reshape(-1).astype(bool)
     last_rows = np.flatnonzero(np.r_[episode[1:] != episode[:-1], True])
     return [int(episode[r]) for r in last_rows if success[r]]
 
 
+def unseen_demonstrations(cfg: ImproveConfig, demos: list[int], notes: list) -> tuple[str, str, list[int]]:
+    """The real demonstrations the weak policy never saw: (root, repo_id, episodes)."""
+    if cfg.real_demos_root is None:
+        return cfg.dataset_root, cfg.repo_id, list(demos[cfg.weak_demos:])
+    return cfg.real_demos_root, cfg.real_demos_repo_id, demonstrations(cfg.real_demos_root, cfg.real_demos_repo_id,
+                                                                        notes)
+
+
 def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], successes: list[int], demos: list[int],
                      notes: list):
     """Each arm's (root, repo_id, episodes), all with the same number of episodes."""
-    unseen_real = list(demos[cfg.weak_demos:])
+    real_root, real_repo_id, unseen_real = unseen_demonstrations(cfg, demos, notes)
     n = min(len(successes), len(unseen_real))
     if n < len(successes):
         notes.append(f"every arm is capped at {n} episodes: only {len(unseen_real)} real demonstrations are unseen")
@@ -244,7 +257,7 @@ def finetune_sources(cfg: ImproveConfig, imagined: Path, episodes: list[int], su
     random.Random(cfg.seed + 1).shuffle(unfiltered)  # a random draw of rollouts, successes and failures alike
     return n, {
         "imagined_successes": (imagined, "local/imagined", sorted(successes[:n])),
-        "real_demos": (cfg.dataset_root, cfg.repo_id, sorted(unseen_real[:n])),
+        "real_demos": (real_root, real_repo_id, sorted(unseen_real[:n])),
         "imagined_unfiltered": (imagined, "local/imagined", sorted(unfiltered[:n])),
     }
 
@@ -327,6 +340,9 @@ def setup_text(cfg: ImproveConfig, n_rollouts: int, n_kept: int, n: int) -> str:
         f"{n_rollouts} imagined rollouts of it ({cfg.starts} dataset starts x {cfg.seeds_per_start} seeds, "
         f"{cfg.warmup_random_steps} random steps first{noise}), {n_kept} judged successful.",
         f"Each arm fine-tunes the weak policy for {cfg.finetune_steps} steps on {n} episodes{extra}, {schedule}.",
+        "The real demonstrations are the dataset's episodes that end in success and the weak policy never saw."
+        if cfg.real_demos_root is None else
+        f"The real demonstrations are episodes that end in success of another recording, `{cfg.real_demos_root}`.",
         choice,
         f"Real success on the same {cfg.eval_episodes} MetaWorld episodes (env seeds {cfg.eval_seed}+) for every row; "
         "Wilson 95% intervals, and Newcombe's interval for the difference from before."])
@@ -416,14 +432,16 @@ def check_config(cfg: ImproveConfig) -> None:
         raise ValueError(f"finetune_workers: expected at least 1, got {cfg.finetune_workers}")
     if cfg.candidate_every is not None and not 1 <= cfg.candidate_every <= cfg.finetune_steps:
         raise ValueError(f"candidate_every: {cfg.candidate_every} must lie in [1, finetune_steps={cfg.finetune_steps}]")
-    if cfg.selection_root is not None and not (Path(cfg.selection_root) / "meta" / "info.json").exists():
-        raise ValueError(f"selection_root: {cfg.selection_root} is not a LeRobotDataset (no meta/info.json)")
+    for name in ("selection_root", "real_demos_root"):
+        root = getattr(cfg, name)
+        if root is not None and not (Path(root) / "meta" / "info.json").exists():
+            raise ValueError(f"{name}: {root} is not a LeRobotDataset (no meta/info.json)")
 
 
 def improve(cfg: ImproveConfig) -> dict:
     started, out, notes = time.time(), Path(cfg.output_dir), []
     check_config(cfg)
-    demos = demonstrations(cfg, notes)
+    demos = demonstrations(cfg.dataset_root, cfg.repo_id, notes)
     if len(demos) < cfg.weak_demos:
         raise ValueError(f"weak_demos: {cfg.weak_demos} asked for, but {cfg.dataset_root} has {len(demos)} "
                          "episodes that end in success")

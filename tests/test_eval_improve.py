@@ -59,6 +59,25 @@ def test_replaying_recorded_actions_from_their_start_reproduces_their_outcome(re
     assert replay_in_the_simulator(wrong_seed, root, "test/reach", jobs) == [None] * len(jobs)
 
 
+def test_real_demos_from_another_recording_lift_the_cap_of_the_datasets_unseen_demos(reach_demos):
+    # The dataset's own demonstrations minus the weak policy's cap every arm; another recording of the task gives
+    # the real-demos arm all of its episodes that end in success, and no failed one.
+    from eval.improve import ImproveConfig, demonstrations, finetune_sources
+
+    root, ends_in_success = reach_demos
+    demos = demonstrations(str(root), "test/reach", [])
+    assert demos == sorted(e for e, ok in ends_in_success.items() if ok)
+    cfg = ImproveConfig(dataset_root=str(root), repo_id="test/reach", weak_demos=2)
+    successes = list(range(100, 110))  # ten imagined successes
+    n, sources = finetune_sources(cfg, root, successes, successes, demos, notes := [])
+    assert n == len(demos) - 2 and "capped" in notes[0]
+    assert set(sources["real_demos"][2]) == set(demos[2:])
+    other = replace(cfg, real_demos_root=str(root), real_demos_repo_id="test/reach")
+    n, sources = finetune_sources(other, root, successes, successes, demos, [])
+    assert n == len(demos) and sources["real_demos"][:2] == (str(root), "test/reach")
+    assert sources["real_demos"][2] == demos and len(sources["imagined_successes"][2]) == n
+
+
 def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, reach_demos, tmp_path):
     # Toy sizes end to end on reach (the tiny model's views): weak policy, imagination (scored by the task's state
     # rule, with action noise), four fine-tuned arms, all at once, each arm's checkpoint chosen in imagination.
@@ -78,8 +97,9 @@ def test_the_loop_runs_every_arm_on_the_same_real_seeds(tiny_world_model_dir, re
                         batch_size=2, finetune_workers=4, sampler=SamplerConfig(steps=1, window=1), run="test",
                         finetune_final_lr=1e-5, candidate_every=1, selection_starts=2, real_success_of_candidates=True,
                         output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"))
-    for bad in [replace(cfg, selection_root=str(tmp_path / "nowhere")), replace(cfg, candidate_every=3)]:
-        with pytest.raises(ValueError, match="selection_root|candidate_every"):  # before anything trains
+    for bad in [replace(cfg, selection_root=str(tmp_path / "nowhere")), replace(cfg, candidate_every=3),
+                replace(cfg, real_demos_root=str(tmp_path / "nowhere"))]:
+        with pytest.raises(ValueError, match="selection_root|candidate_every|real_demos_root"):  # before anything trains
             improve(bad)
     assert not (tmp_path / "out").exists()
     report = improve(cfg)
