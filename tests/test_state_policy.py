@@ -80,3 +80,24 @@ def test_a_state_policy_trains_acts_on_its_state_dimensions_alone_and_resumes(ti
     # an interrupted caller resumes: a finished checkpoint is reused, not retrained
     assert train_state_policy(StatePolicyConfig(dataset_root="/nonexistent", steps=3,
                                                 output_dir=str(tmp_path / "act"))) == checkpoint
+
+
+def test_the_thread_share_reaches_the_lerobot_train_process(tiny_dataset_root, tmp_path, monkeypatch):
+    # Several arms train at once only if each lerobot-train child keeps to its share of the cores: the share is in
+    # the child's environment (torch reads OMP_NUM_THREADS at start), and without a share the child inherits ours.
+    import policies.state_policy as state_policy
+
+    children = []
+
+    def lerobot_train(command, check, env):  # stands in for the child: records what it would start with
+        children.append(env)
+        raise RuntimeError("not started")
+
+    monkeypatch.setattr(state_policy.subprocess, "run", lerobot_train)
+    cfg = StatePolicyConfig(dataset_root=str(tiny_dataset_root), repo_id="test/tiny", episodes=[0], steps=3,
+                            output_dir=str(tmp_path / "act"), threads=1)
+    for config in (cfg, replace(cfg, threads=None)):
+        with pytest.raises(RuntimeError, match="not started"):
+            train_state_policy(config)
+    assert children[0]["OMP_NUM_THREADS"] == children[0]["MKL_NUM_THREADS"] == "1"
+    assert children[1] is None  # subprocess.run's default: the parent's environment
