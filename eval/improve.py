@@ -9,8 +9,10 @@
 2. Imagine `starts x seeds_per_start` rollouts of it in the world model, from the first frames of the
    dataset's episodes (optionally after `warmup_random_steps` random actions: a perturbed start; optionally with
    Gaussian `action_noise` on its actions: exploration); `wm imagine` writes every rollout with its judged score
-   as a LeRobotDataset. Each rollout's actions are then replayed open loop in MetaWorld from the same start, which
-   says how often imagination's verdict (world model and judge together) is the simulator's.
+   as a LeRobotDataset (with `hard_starts_only`, only the successes from starts where the policy's own noise-free
+   rollout is judged a failure count: what exploration changed). Each rollout's actions are then replayed open
+   loop in MetaWorld from the same start, which says how often imagination's verdict (world model and judge
+   together) is the simulator's.
 3. Fine-tune the weak policy (`--policy.path=weak`) for `finetune_steps` steps, each arm on the same number of
    episodes: a. the imagined successes, b. real demonstrations the weak policy never saw, c. unfiltered
    imagined rollouts (the judge ignored); with `finetune_with_demos`, each together with the weak policy's own
@@ -71,6 +73,10 @@ class ImproveConfig:
     # rollouts try what it would not do and the judge can keep the ones that work.
     action_noise: float = 0.0
     action_noise_correlation: float = 0.0  # from one env step to the next (see worldmodel.imagine)
+    # Keep only the judged successes from hard starts: those where the weak policy's own rollout (no exploration
+    # noise, one per start, also in imagination) is judged a failure. What exploration changed, not what the policy
+    # already does.
+    hard_starts_only: bool = False
     # Each arm fine-tunes on its episodes plus the weak policy's own demonstrations (which it must keep), and a
     # `demos_only` arm fine-tunes on those demonstrations alone: the control for the extra training steps.
     finetune_with_demos: bool = True
@@ -164,28 +170,46 @@ def imagine_config(cfg: ImproveConfig, judge_name: str, **job) -> ImagineConfig:
                          device=cfg.device, **job)
 
 
-def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict], list[int]]:
+def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict], list[int], list[int] | None]:
     """Rollouts of the weak policy in the world model, every one written by `wm imagine`'s Imaginer with the judge's
-    score (it resumes from its ledger); -> the dataset, its jobs in episode order, and the episodes judged
-    successful."""
+    score (it resumes from its ledger); -> the dataset, its jobs in episode order, the episodes kept as judged
+    successes, and (with `hard_starts_only`) the hard starts they were kept from."""
     judge, judge_name = load_judge(cfg)
+    policy = load_state_policy(str(weak), task=cfg.task)
     root = out / "imagined"
     ledger = Imaginer(imagine_config(
         cfg, judge_name, policies=["weak"], dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id),
         output_root=str(root), repo_id="local/imagined", starts=cfg.starts, seeds_per_start=cfg.seeds_per_start,
         warmup_random_steps=cfg.warmup_random_steps, action_noise=cfg.action_noise,
-        action_noise_correlation=cfg.action_noise_correlation, keep_failures=True),
-        {"weak": load_state_policy(str(weak), task=cfg.task)}, judge).run()
+        action_noise_correlation=cfg.action_noise_correlation, keep_failures=True), {"weak": policy}, judge).run()
     jobs = sorted(ledger["jobs"].values(), key=lambda j: j["episode_index"])
-    kept = [j for j in jobs if j["score"] >= cfg.threshold]
-    # Round robin over starts (every start's first success, then every start's second, ...): an arm capped at n
-    # episodes covers as many starts as it can, not the first few starts' seeds.
+    hard = sorted(starts_the_policy_fails(cfg, policy, out)) if cfg.hard_starts_only else None
+    return root, jobs, kept_successes(jobs, cfg.threshold, hard), hard
+
+
+def starts_the_policy_fails(cfg: ImproveConfig, policy, out: Path) -> set[int]:
+    """The starts where the policy's own rollout (no exploration noise, one per start) is judged a failure in the
+    world model, written by the Imaginer to `out/imagined_noise_free` (its successes only; a rerun resumes)."""
+    judge, judge_name = load_judge(cfg)
+    ledger = Imaginer(imagine_config(
+        cfg, judge_name, policies=["weak"], dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id),
+        output_root=str(out / "imagined_noise_free"), repo_id="local/imagined_noise_free", starts=cfg.starts,
+        warmup_random_steps=cfg.warmup_random_steps), {"weak": policy}, judge).run()
+    return {j["start"] for j in ledger["jobs"].values() if j["score"] < cfg.threshold}
+
+
+def kept_successes(jobs: list[dict], threshold: float, hard_starts: list[int] | None = None) -> list[int]:
+    """The judged successes (of the hard starts, when given), as episode indices in round-robin order over starts
+    (every start's first success, then every start's second, ...): an arm capped at n episodes covers as many starts
+    as it can, not the first few starts' seeds."""
+    kept = [j for j in sorted(jobs, key=lambda j: j["episode_index"]) if j["score"] >= threshold
+            and (hard_starts is None or j["start"] in hard_starts)]
     earlier_successes, rank = Counter(), {}
     for j in kept:  # in episode order
         rank[j["episode_index"]] = earlier_successes[j["start"]]
         earlier_successes[j["start"]] += 1
     kept.sort(key=lambda j: (rank[j["episode_index"]], j["start"], j["episode_index"]))
-    return root, jobs, [j["episode_index"] for j in kept]
+    return [j["episode_index"] for j in kept]
 
 
 def replay_in_the_simulator(cfg: ImproveConfig, root: Path, repo_id: str, jobs: list[dict]) -> list[bool | None]:
@@ -455,8 +479,12 @@ def improve(cfg: ImproveConfig) -> dict:
     results = {"before": real_success(weak, cfg)}
 
     # 2. Imagined rollouts of it, each with the judge's score, and the same actions replayed in the simulator.
-    imagined, jobs, successes = imagine(cfg, weak, out)
-    episodes, n_kept = [j["episode_index"] for j in jobs], len(successes)
+    imagined, jobs, successes, hard_starts = imagine(cfg, weak, out)
+    episodes, n_kept = [j["episode_index"] for j in jobs], sum(j["score"] >= cfg.threshold for j in jobs)
+    if hard_starts is not None:
+        notes.append(f"only the {len(successes)} judged successes from the {len(hard_starts)} hard starts are kept "
+                     f"(of {cfg.starts} starts, those where the weak policy's own rollout without noise is judged a "
+                     "failure in imagination)")
     if cfg.warmup_random_steps == 0:
         replay = replay_summary(cfg, jobs, replay_in_the_simulator(cfg, imagined, "local/imagined", jobs))
     else:  # the random warm-up actions are not written, so a rollout cannot be replayed from its start
@@ -466,7 +494,7 @@ def improve(cfg: ImproveConfig) -> dict:
     # 3. Fine-tune on the same number of episodes from each source, 4. measured on the same real seeds.
     n, sources = finetune_sources(cfg, imagined, episodes, successes, demos, notes)
     if n == 0:
-        notes.append("the judge accepted none of the imagined rollouts: nothing to fine-tune on")
+        notes.append("no imagined rollout was kept as a success: nothing to fine-tune on")
         sources = {}
     if cfg.finetune_with_demos and sources:
         sources = {"demos_only": (cfg.dataset_root, cfg.repo_id, weak_episodes), **sources}
@@ -476,7 +504,7 @@ def improve(cfg: ImproveConfig) -> dict:
         results[f"after_{name}"] = after_finetuning(cfg, arm, name, out, results["before"])
     n_rollouts = cfg.starts * cfg.seeds_per_start
     report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": weak_episodes,
-              "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "replay": replay,
+              "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "hard_starts": hard_starts, "replay": replay,
               "finetune_episodes": n, "choice_check": choice_check(results), "notes": notes, "config": asdict(cfg),
               "seconds": time.time() - started,
               "command": command(cfg)}

@@ -174,3 +174,37 @@ def test_runs_of_one_configuration_pool_into_one_table(tmp_path):
     assert "| after_x | 0.40 (+20) | 0.28 (+4) | 0.34 |" in (tmp_path / "improve_ab.md").read_text()
     with pytest.raises(FileNotFoundError, match="improve_c.json"):
         improve_seeds(ImproveSeedsConfig(runs=["a", "c"], results_dir=str(tmp_path)))
+
+
+def test_successes_are_taken_round_robin_over_starts_and_only_from_hard_starts_when_asked():
+    from eval.improve import kept_successes
+
+    jobs = [{"episode_index": e, "start": s, "score": p}
+            for e, (s, p) in enumerate([(0, 0.9), (0, 0.8), (1, 0.2), (1, 0.7), (2, 0.6), (2, 0.9), (0, 0.7)])]
+    # every start's first success (episodes 0, 3, 4), then every start's second (1, 5), then the third (6)
+    assert kept_successes(jobs, 0.5) == [0, 3, 4, 1, 5, 6]
+    assert kept_successes(jobs, 0.5, hard_starts=[1, 2]) == [3, 4, 5]
+    assert kept_successes(jobs, 0.5, hard_starts=[]) == []
+
+
+def test_hard_starts_are_those_where_the_policy_without_noise_is_judged_to_fail(tiny_world_model_dir, reach_demos,
+                                                                                tmp_path):
+    # The policy's own rollout from each start, in the world model, judged by the task's state rule: with a
+    # threshold no score reaches, every start is hard; with 0, none is.
+    from eval.improve import ImproveConfig, starts_the_policy_fails
+    from worldmodel.sampler import SamplerConfig
+
+    class StandStill:  # a policy: the hand does not move
+        def reset(self):
+            pass
+
+        def select_action(self, obs):
+            return np.zeros((len(obs["observation.state"]), 4), np.float32)
+
+    root, _ = reach_demos
+    cfg = ImproveConfig(model=str(tiny_world_model_dir), judge=None, dataset_root=str(root), repo_id="test/reach",
+                        task="reach-v3", starts=3, max_episode_steps=2, batch_size=3,
+                        sampler=SamplerConfig(steps=1, window=1))
+    assert starts_the_policy_fails(replace(cfg, threshold=1.01), StandStill(), tmp_path / "a") == {0, 1, 2}
+    assert starts_the_policy_fails(replace(cfg, threshold=0.0), StandStill(), tmp_path / "b") == set()
+    assert (tmp_path / "b" / "imagined_noise_free" / "meta" / "imagined.json").exists()  # a rerun resumes from it
