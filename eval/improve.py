@@ -183,14 +183,13 @@ def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict]
         warmup_random_steps=cfg.warmup_random_steps, action_noise=cfg.action_noise,
         action_noise_correlation=cfg.action_noise_correlation, keep_failures=True), {"weak": policy}, judge).run()
     jobs = sorted(ledger["jobs"].values(), key=lambda j: j["episode_index"])
-    hard = sorted(starts_the_policy_fails(cfg, policy, out)) if cfg.hard_starts_only else None
+    hard = sorted(starts_the_policy_fails(cfg, policy, judge, judge_name, out)) if cfg.hard_starts_only else None
     return root, jobs, kept_successes(jobs, cfg.threshold, hard), hard
 
 
-def starts_the_policy_fails(cfg: ImproveConfig, policy, out: Path) -> set[int]:
+def starts_the_policy_fails(cfg: ImproveConfig, policy, judge, judge_name: str, out: Path) -> set[int]:
     """The starts where the policy's own rollout (no exploration noise, one per start) is judged a failure in the
     world model, written by the Imaginer to `out/imagined_noise_free` (its successes only; a rerun resumes)."""
-    judge, judge_name = load_judge(cfg)
     ledger = Imaginer(imagine_config(
         cfg, judge_name, policies=["weak"], dataset=DatasetConfig(root=cfg.dataset_root, repo_id=cfg.repo_id),
         output_root=str(out / "imagined_noise_free"), repo_id="local/imagined_noise_free", starts=cfg.starts,

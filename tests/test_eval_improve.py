@@ -191,7 +191,7 @@ def test_hard_starts_are_those_where_the_policy_without_noise_is_judged_to_fail(
                                                                                 tmp_path):
     # The policy's own rollout from each start, in the world model, judged by the task's state rule: with a
     # threshold no score reaches, every start is hard; with 0, none is.
-    from eval.improve import ImproveConfig, starts_the_policy_fails
+    from eval.improve import ImproveConfig, load_judge, starts_the_policy_fails
     from worldmodel.sampler import SamplerConfig
 
     class StandStill:  # a policy: the hand does not move
@@ -205,6 +205,7 @@ def test_hard_starts_are_those_where_the_policy_without_noise_is_judged_to_fail(
     cfg = ImproveConfig(model=str(tiny_world_model_dir), judge=None, dataset_root=str(root), repo_id="test/reach",
                         task="reach-v3", starts=3, max_episode_steps=2, batch_size=3,
                         sampler=SamplerConfig(steps=1, window=1))
-    assert starts_the_policy_fails(replace(cfg, threshold=1.01), StandStill(), tmp_path / "a") == {0, 1, 2}
-    assert starts_the_policy_fails(replace(cfg, threshold=0.0), StandStill(), tmp_path / "b") == set()
+    judge = load_judge(cfg)  # the task's state rule, and its name
+    assert starts_the_policy_fails(replace(cfg, threshold=1.01), StandStill(), *judge, tmp_path / "a") == {0, 1, 2}
+    assert starts_the_policy_fails(replace(cfg, threshold=0.0), StandStill(), *judge, tmp_path / "b") == set()
     assert (tmp_path / "b" / "imagined_noise_free" / "meta" / "imagined.json").exists()  # a rerun resumes from it
