@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from worldmodel.policy import LeRobotPolicy
 POLICY_STATE_KEY = "observation.environment_state"
 KEY_MAP = {POLICY_STATE_KEY: "observation.state"}  # the policy's input <- the env's observation
 STATE_DIMS_FILE = "state_dims.json"  # beside the weights: which state dimensions the policy reads (null: all)
+RUN_CONFIG_FILE = "state_policy_config.json"  # in output_dir once a run has finished: what it was trained with
 # State and action go in and out as they are (metres, unit quaternions, actions in [-1, 1]: already of order 1), not
 # z-scored by the training episodes' spread, for two reasons:
 # - a handful of demos leaves some state dimensions constant (the puck's orientation in reach); z-scoring them turns
@@ -107,11 +108,10 @@ def read_source(source: EpisodeSource, state_dims: list[int] | None) -> dict:
 
 def state_only_copy(sources: list[EpisodeSource], dest: Path, state_dims: list[int] | None = None) -> Path:
     """The chosen episodes of one or more LeRobotDatasets (and state dimensions) as one state-only LeRobotDataset
-    at `dest` (written beside it, then renamed: `dest` is either whole or absent). An existing `dest` is reused."""
+    at `dest` (written beside it, then renamed: `dest` is either whole or absent). An existing `dest` is replaced:
+    an interrupted run's copy may hold other episodes."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    if (dest / "meta" / "info.json").exists():
-        return dest
     read = [read_source(source, state_dims) for source in sources]
     widths = {(r["data"]["observation.state"].shape[1], r["data"]["action"].shape[1]) for r in read}
     if len(widths) > 1:
@@ -195,6 +195,7 @@ def train_state_policy(cfg: StatePolicyConfig) -> Path:
     out, steps = Path(cfg.output_dir), checkpoint_steps(cfg)
     checkpoint = checkpoint_folder(cfg, cfg.steps)
     if (checkpoint / STATE_DIMS_FILE).exists():
+        check_finished_run_matches(cfg)
         return checkpoint
     shutil.rmtree(out, ignore_errors=True)  # lerobot-train refuses an existing output folder
     sources = [EpisodeSource(cfg.dataset_root, cfg.repo_id, cfg.episodes), *cfg.extra_sources]
@@ -205,9 +206,30 @@ def train_state_policy(cfg: StatePolicyConfig) -> Path:
     missing = [str(checkpoint_folder(cfg, step)) for step in steps if not checkpoint_folder(cfg, step).exists()]
     if missing:
         raise RuntimeError(f"lerobot-train finished without {missing}")
+    write_json_atomic(out / RUN_CONFIG_FILE, run_settings(cfg))
     for step in steps:  # the final one last: it marks the run finished
         write_json_atomic(checkpoint_folder(cfg, step) / STATE_DIMS_FILE, {"state_dims": cfg.state_dims})
     return checkpoint
+
+
+def run_settings(cfg: StatePolicyConfig) -> dict:
+    """What decides the trained weights: the config without where it is written and how many threads train it."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "threads")}))
+
+
+def check_finished_run_matches(cfg: StatePolicyConfig) -> None:
+    """A finished run in output_dir is reused only if it was trained with this config: a caller rerun with other
+    episodes (another arm, another seed) must not get stale weights back. Runs from before the config was
+    recorded are reused as they are."""
+    recorded_file = Path(cfg.output_dir) / RUN_CONFIG_FILE
+    if not recorded_file.exists():
+        return
+    recorded, asked = json.loads(recorded_file.read_text()), run_settings(cfg)
+    differ = [k for k in asked if recorded.get(k) != asked[k]]
+    if differ:
+        named = "; ".join(f"{k}: {asked[k]!r} asked, {recorded.get(k)!r} recorded" for k in differ)
+        raise ValueError(f"output_dir: {cfg.output_dir} holds a policy trained with another config ({named}); "
+                         "choose another --output_dir or delete it to retrain")
 
 
 def load_state_policy(path: str, task: str = "", name: str | None = None) -> LeRobotPolicy:

@@ -19,11 +19,12 @@ def even_rows_succeed(frames, states, task):
 
 
 def config(model_dir, dataset_root, out, **kw):
-    return ImagineConfig(model=str(model_dir), judge="(test judge)", policies=["drift"],
-                         dataset=DatasetConfig(root=str(dataset_root), repo_id="test/tiny"),
-                         output_root=str(out), repo_id="test/imagined", starts=2, seeds_per_start=2,
-                         max_episode_steps=8, batch_size=4, warmup_random_steps=4,
-                         sampler=SamplerConfig(steps=2, window=2), device="cpu", **kw)
+    settings = dict(model=str(model_dir), judge="(test judge)", policies=["drift"],
+                    dataset=DatasetConfig(root=str(dataset_root), repo_id="test/tiny"),
+                    output_root=str(out), repo_id="test/imagined", starts=2, seeds_per_start=2,
+                    max_episode_steps=8, batch_size=4, warmup_random_steps=4,
+                    sampler=SamplerConfig(steps=2, window=2), device="cpu")
+    return ImagineConfig(**{**settings, **kw})
 
 
 def drift():
@@ -105,6 +106,20 @@ def test_interrupted_generation_resumes_without_duplicates(tiny_world_model_dir,
     assert "imagined.success_probability" in ds.meta.features
     scores = {int(ds[i * 8]["episode_index"]): float(ds[i * 8]["imagined.success_probability"]) for i in range(4)}
     assert sorted(round(v, 1) for v in scores.values()) == [0.1, 0.1, 0.9, 0.9]
+
+
+def test_a_rerun_extends_only_what_the_same_settings_made(tiny_world_model_dir, tiny_dataset_root, tmp_path):
+    out = tmp_path / "out"
+    Imaginer(config(tiny_world_model_dir, tiny_dataset_root, out), drift(), even_rows_succeed).run()
+    more = Imaginer(config(tiny_world_model_dir, tiny_dataset_root, out, seeds_per_start=3), drift(),
+                    even_rows_succeed).run()  # more seeds per start: the same settings, extended
+    assert len(more["jobs"]) == 6 and {j["seed"] for j in more["jobs"].values()} == {0, 1, 2}
+    with pytest.raises(ValueError, match=r"output_root: .*out.*action_noise: 0\.2 asked, 0\.0 recorded"):
+        Imaginer(config(tiny_world_model_dir, tiny_dataset_root, out, action_noise=0.2), drift(), even_rows_succeed)
+    with pytest.raises(ValueError, match=r"judge: 'another judge' asked"):
+        Imaginer(config(tiny_world_model_dir, tiny_dataset_root, out, judge="another judge"), drift(),
+                 even_rows_succeed)
+    assert LeRobotDataset("test/imagined", root=out).meta.total_episodes == 3  # the refused runs wrote nothing
 
 
 def test_a_lerobot_training_step_runs_on_imagined_data(tiny_world_model_dir, tiny_dataset_root, tmp_path):

@@ -77,9 +77,15 @@ def test_a_state_policy_trains_acts_on_its_state_dimensions_alone_and_resumes(ti
     assert not (tmp_path / "bad_lr").exists() and not (tmp_path / "bad_every").exists()
     with pytest.raises(ValueError, match="state_dims"):
         state_only_copy([EpisodeSource(str(tiny_dataset_root), "test/tiny", [0])], tmp_path / "bad", state_dims=[0, 39])
-    # an interrupted caller resumes: a finished checkpoint is reused, not retrained
-    assert train_state_policy(StatePolicyConfig(dataset_root="/nonexistent", steps=3,
-                                                output_dir=str(tmp_path / "act"))) == checkpoint
+    # An interrupted caller resumes: a finished checkpoint of the same config (the thread share aside) is reused,
+    # not retrained; one trained on other episodes is refused, not handed back as if it were the one asked for.
+    weights_written = (checkpoint / "model.safetensors").stat().st_mtime_ns
+    assert train_state_policy(replace(cfg, threads=1)) == checkpoint
+    assert (checkpoint / "model.safetensors").stat().st_mtime_ns == weights_written
+    with pytest.raises(ValueError, match=r"output_dir: .*act holds a policy trained with another config "
+                                         r"\(episodes: \[1\] asked, \[0\] recorded\)"):
+        train_state_policy(replace(cfg, episodes=[1]))
+    assert (checkpoint / "model.safetensors").stat().st_mtime_ns == weights_written
 
 
 def test_the_thread_share_reaches_the_lerobot_train_process(tiny_dataset_root, tmp_path, monkeypatch):

@@ -121,21 +121,36 @@ class Imaginer:
         info = root / "meta" / "info.json"
         if (root / LEDGER).exists():
             self.ledger = json.loads((root / LEDGER).read_text())
+            self.check_resumable(root)
         elif info.exists():
             raise RuntimeError(f"output_root: {root} holds a dataset without {LEDGER}; it was not written by this "
                                "command (choose another --output_root)")
         else:
-            self.ledger = {"world_model": cfg.model, "judge": cfg.judge, "threshold": cfg.threshold,
-                           "keep_failures": cfg.keep_failures, "policies": list(policies), "seed": cfg.seed,
-                           "source": cfg.dataset.root or cfg.dataset.repo_id,
-                           "warmup_random_steps": cfg.warmup_random_steps, "action_noise": cfg.action_noise,
-                           "action_noise_correlation": cfg.action_noise_correlation, "jobs": {}}
+            self.ledger = {**self.settings(), "jobs": {}}
         # The ledger is committed with the episodes, so the two agree unless something else wrote here.
         recorded = sum(1 for j in self.ledger["jobs"].values() if j["episode_index"] is not None)
         committed = json.loads(info.read_text())["total_episodes"] if info.exists() else 0
         if recorded != committed:
             raise RuntimeError(f"output_root: {root} holds {committed} episodes but its ledger lists {recorded}; "
                                "it was not written by this command")
+
+    def settings(self) -> dict:
+        """What every rollout of the output was made with, as the ledger records it (`starts` and
+        `seeds_per_start` are left out: a rerun with more of them extends the output)."""
+        cfg = self.cfg
+        return {"world_model": cfg.model, "judge": cfg.judge, "threshold": cfg.threshold,
+                "keep_failures": cfg.keep_failures, "policies": list(self.policies), "seed": cfg.seed,
+                "source": cfg.dataset.root or cfg.dataset.repo_id, "warmup_random_steps": cfg.warmup_random_steps,
+                "action_noise": cfg.action_noise, "action_noise_correlation": cfg.action_noise_correlation}
+
+    def check_resumable(self, root: Path) -> None:
+        """A rerun resumes only what the same settings made: rollouts of another model, judge or noise would
+        otherwise sit in one dataset, and the ledger would skip jobs it never ran with these settings."""
+        differ = {k: (self.ledger.get(k), v) for k, v in self.settings().items() if self.ledger.get(k) != v}
+        if differ:
+            named = "; ".join(f"{k}: {new!r} asked, {old!r} recorded" for k, (old, new) in differ.items())
+            raise ValueError(f"output_root: {root} was imagined with other settings ({named}); rerun with the "
+                             "recorded ones to resume, or choose another --output_root")
 
     def open_output(self, path: Path):
         """The output dataset at `path` (the working copy): opened, or created with the source's features."""
