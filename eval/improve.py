@@ -170,11 +170,11 @@ def imagine_config(cfg: ImproveConfig, judge_name: str, **job) -> ImagineConfig:
                          device=cfg.device, **job)
 
 
-def imagine(cfg: ImproveConfig, weak: Path, out: Path) -> tuple[Path, list[dict], list[int], list[int] | None]:
+def imagine(cfg: ImproveConfig, weak: Path, out: Path, judge, judge_name: str
+            ) -> tuple[Path, list[dict], list[int], list[int] | None]:
     """Rollouts of the weak policy in the world model, every one written by `wm imagine`'s Imaginer with the judge's
     score (it resumes from its ledger); -> the dataset, its jobs in episode order, the episodes kept as judged
     successes, and (with `hard_starts_only`) the hard starts they were kept from."""
-    judge, judge_name = load_judge(cfg)
     policy = load_state_policy(str(weak), task=cfg.task)
     root = out / "imagined"
     ledger = Imaginer(imagine_config(
@@ -309,10 +309,10 @@ def most_imagined_successes(imagined_success: dict[int, float]) -> int:
     return max(imagined_success, key=lambda step: (imagined_success[step], step))
 
 
-def imagined_success_of_candidates(cfg: ImproveConfig, arm: StatePolicyConfig, name: str, out: Path) -> dict[int, float]:
+def imagined_success_of_candidates(cfg: ImproveConfig, arm: StatePolicyConfig, name: str, out: Path, judge,
+                                   judge_name: str) -> dict[int, float]:
     """Each of the arm's checkpoints rolled out in the world model from the selection starts and judged (as `wm
     imagine` does; the judged successes are written to `out/selection_<arm>`, and a rerun resumes): -> {step: rate}."""
-    judge, judge_name = load_judge(cfg)
     root, repo_id = ((cfg.selection_root, cfg.selection_repo_id) if cfg.selection_root
                      else (cfg.dataset_root, cfg.repo_id))
     candidates = {str(step): load_state_policy(str(checkpoint_folder(arm, step)), task=cfg.task)
@@ -326,11 +326,13 @@ def imagined_success_of_candidates(cfg: ImproveConfig, arm: StatePolicyConfig, n
             for step in candidates}
 
 
-def after_finetuning(cfg: ImproveConfig, arm: StatePolicyConfig, name: str, out: Path, before: dict) -> dict:
+def after_finetuning(cfg: ImproveConfig, arm: StatePolicyConfig, name: str, out: Path, before: dict, judge,
+                     judge_name: str) -> dict:
     """The arm's policy (its last checkpoint, or the candidate with the most imagined successes) and its real
     success, as a change from before."""
     steps = checkpoint_steps(arm)
-    imagined = imagined_success_of_candidates(cfg, arm, name, out) if len(steps) > 1 else {}
+    imagined = (imagined_success_of_candidates(cfg, arm, name, out, judge, judge_name) if len(steps) > 1
+                else {})
     chosen = most_imagined_successes(imagined) if imagined else arm.steps
     real_of_candidates = ({step: real_success(checkpoint_folder(arm, step), cfg) for step in steps}
                           if imagined and cfg.real_success_of_candidates else {})
@@ -478,7 +480,8 @@ def improve(cfg: ImproveConfig) -> dict:
     results = {"before": real_success(weak, cfg)}
 
     # 2. Imagined rollouts of it, each with the judge's score, and the same actions replayed in the simulator.
-    imagined, jobs, successes, hard_starts = imagine(cfg, weak, out)
+    judge, judge_name = load_judge(cfg)  # one judge for every imagination job of the run
+    imagined, jobs, successes, hard_starts = imagine(cfg, weak, out, judge, judge_name)
     episodes, n_kept = [j["episode_index"] for j in jobs], sum(j["score"] >= cfg.threshold for j in jobs)
     if hard_starts is not None:
         notes.append(f"only the {len(successes)} judged successes from the {len(hard_starts)} hard starts are kept "
@@ -500,7 +503,7 @@ def improve(cfg: ImproveConfig) -> dict:
     arms = arm_configs(cfg, policy_cfg, weak, weak_episodes, sources, out)
     finetune_arms(cfg, arms)
     for name, arm in arms.items():
-        results[f"after_{name}"] = after_finetuning(cfg, arm, name, out, results["before"])
+        results[f"after_{name}"] = after_finetuning(cfg, arm, name, out, results["before"], judge, judge_name)
     n_rollouts = cfg.starts * cfg.seeds_per_start
     report = {"run": cfg.run, "results": results, "demonstrations": demos, "weak_episodes": weak_episodes,
               "imagined_rollouts": n_rollouts, "imagined_kept": n_kept, "hard_starts": hard_starts, "replay": replay,
