@@ -1,5 +1,7 @@
 """Streaming sampler: the KV cache changes nothing but cost; sinks and memory matter; everything stays bounded."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -251,3 +253,23 @@ def test_finished_states_stay_inside_the_training_range():
     assert (bounded <= high + 1e-6).all() and (bounded >= -0.5 - 1e-6).all()
     torch.testing.assert_close(bounded[:, -1], high.expand(B, 39))  # pushed up against the edge
     assert loose[:, -1].min() > 1.0
+
+
+def test_guidance_runs_with_the_cache_ignores_actions_at_scale_zero_and_changes_the_rollout(model):
+    # Classifier-free guidance doubles the batch (with and without actions): the cached keys of earlier frames, their
+    # padding and the frame positions must be doubled with it. The unconditional half drops the actions of the
+    # frames being denoised; the cache keeps the past as it happened (its frames were committed with their actions),
+    # so at scale 0 only the first frame, denoised before any committed frame, is the same whatever the actions.
+    config = SamplerConfig(steps=2, window=2, recent_frames=8, memory=MemoryConfig(k=0), guidance_scale=0.0)
+    unconditional, _ = run(start(model, config), 5, action_seed=1)
+    other_actions, _ = run(start(model, config), 5, action_seed=7)
+    torch.testing.assert_close(unconditional[:, 0], other_actions[:, 0], rtol=0, atol=1e-6)
+    assert (unconditional[:, 1:] - other_actions[:, 1:]).abs().max() > 1e-3
+
+    guided = replace(config, guidance_scale=2.0)
+    cached, cached_state = run(start(model, guided), 5)
+    naive, naive_state = run(start(model, guided, use_cache=False), 5)
+    torch.testing.assert_close(cached, naive, rtol=0, atol=1e-4)
+    torch.testing.assert_close(cached_state, naive_state, rtol=0, atol=1e-4)
+    plain, _ = run(start(model, replace(config, guidance_scale=1.0)), 5)
+    assert (cached - plain).abs().max() > 1e-3 and (cached - unconditional).abs().max() > 1e-3

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from worldmodel.command import integrate_commands
-from worldmodel.model import VideoDiT
+from worldmodel.model import KVContext, VideoDiT
 
 
 @dataclass
@@ -246,14 +246,24 @@ def first_frame_anchors(anchor_latents: torch.Tensor, first: torch.Tensor, is_fu
     return torch.where(per_frame(is_future, anchor_latents), first[:, None].to(anchor_latents.dtype), anchor_latents)
 
 
+def twice(value):
+    """A per-rollout model input (tensor, dict of tensors, KV cache, or None) for a batch stacked twice."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value])
+    if isinstance(value, dict):
+        return {k: twice(v) for k, v in value.items()}
+    if isinstance(value, KVContext):
+        return value.twice()
+    return value
+
+
 def guided_prediction(model, latents, state, t, actions, actions_is_pad, guidance_scale: float, **kwargs):
     """The model's clean-frame prediction, with classifier-free guidance on actions when guidance_scale != 1
     (guiding x0 is guiding the velocity: v is affine in x0 for fixed x_t and t)."""
     if guidance_scale == 1.0:
         return model(latents, state, t, actions, actions_is_pad, **kwargs)
     B = latents.shape[0]
-    if kwargs.get("anchor") is not None:
-        kwargs = {**kwargs, "anchor": {k: torch.cat([v, v]) for k, v in kwargs["anchor"].items()}}
+    kwargs = {name: twice(value) for name, value in kwargs.items()}  # every per-rollout input, for both halves
     both = model(torch.cat([latents, latents]), torch.cat([state, state]), torch.cat([t, t]),
                  torch.cat([actions, actions]),
                  None if actions_is_pad is None else torch.cat([actions_is_pad, actions_is_pad]),

@@ -163,6 +163,12 @@ class KVContext:
     def length(self) -> int:
         return self.frame_pos.shape[1]
 
+    def twice(self) -> "KVContext":
+        """The same context for a batch stacked twice (classifier-free guidance's two halves)."""
+        return KVContext([torch.cat([k, k]) for k in self.keys], [torch.cat([v, v]) for v in self.values],
+                         torch.cat([self.frame_pos, self.frame_pos]),
+                         None if self.valid is None else torch.cat([self.valid, self.valid]))
+
     @staticmethod
     def concat(contexts: list["KVContext"]) -> "KVContext":
         contexts = [c for c in contexts if c is not None and c.length > 0]
