@@ -115,6 +115,23 @@ def report_lines(cfg: ExpertTraceConfig, result: dict) -> list[str]:
     return lines
 
 
+def sampler_flags(sampler: dict, default: dict, prefix: str = "--sampler.") -> list[str]:
+    """The sampler settings that differ from the default, as flags (nested ones dotted: --sampler.memory.k=0)."""
+    flags = []
+    for key, value in sampler.items():
+        if isinstance(value, dict):
+            flags += sampler_flags(value, default[key], f"{prefix}{key}.")
+        elif value != default[key]:
+            flags.append(f"{prefix}{key}={value}")
+    return flags
+
+
+def command(cfg: ExpertTraceConfig) -> str:
+    return " ".join([f"python -m eval.expert_trace --model={cfg.model} --task={cfg.task} --episodes={cfg.episodes} "
+                     f"--max_episode_steps={cfg.max_episode_steps} --seed={cfg.seed}",
+                     *sampler_flags(asdict(cfg.sampler), asdict(SamplerConfig())), f"--run={cfg.run}"])
+
+
 def expert_trace(cfg: ExpertTraceConfig) -> dict:
     started = time.time()
     model = VideoDiT.from_pretrained(cfg.model).float().eval()
@@ -125,9 +142,7 @@ def expert_trace(cfg: ExpertTraceConfig) -> dict:
               "real": {k: v.tolist() for k, v in trace_summary(real).items()},
               "imagined": {k: v.tolist() for k, v in trace_summary(imagined).items()},
               "seconds": time.time() - started,
-              "command": (f"python -m eval.expert_trace --model={cfg.model} --task={cfg.task} "
-                          f"--episodes={cfg.episodes} --max_episode_steps={cfg.max_episode_steps} --seed={cfg.seed} "
-                          f"--run={cfg.run}")}
+              "command": command(cfg)}
     write_result(f"{cfg.results_dir}/expert_trace_{cfg.run}.json", result, report_lines(cfg, result))
     return result
 

@@ -2,7 +2,8 @@ import json
 
 import numpy as np
 
-from eval.expert_trace import GOAL, ExpertTraceConfig, expert_trace, imagined_traces, real_traces, trace_summary
+from eval.expert_trace import (GOAL, ExpertTraceConfig, command, expert_trace, imagined_traces, real_traces,
+                                trace_summary)
 from eval.fidelity import HAND, OBJECT
 
 
@@ -41,3 +42,12 @@ def test_the_twins_start_from_one_state_and_the_report_holds_both_traces(tiny_wo
     assert saved["real"] == result["real"] and saved["imagined"] == result["imagined"]
     assert np.allclose(result["real"]["lowest_hand_z_cm"], trace_summary(real)["lowest_hand_z_cm"])
     assert "| 1 |" in (tmp_path / "expert_trace_toy.md").read_text()
+
+
+def test_the_command_names_the_sampler_settings_that_differ_from_the_default():
+    from worldmodel.memory import MemoryConfig
+    from worldmodel.sampler import SamplerConfig
+
+    cfg = ExpertTraceConfig(sampler=SamplerConfig(steps=16, memory=MemoryConfig(k=0)), run="s16")
+    assert command(cfg).endswith("--seed=1000 --sampler.steps=16 --sampler.memory.k=0 --run=s16")
+    assert "--sampler" not in command(ExpertTraceConfig())
