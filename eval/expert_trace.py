@@ -84,14 +84,11 @@ def imagined_traces(cfg: ExpertTraceConfig, model: VideoDiT, initials: list[dict
     env = ImaginedVectorEnv(world, StateDistanceJudge.for_task(cfg.task), cfg.max_episode_steps, task=cfg.task)
     obs, _ = env.reset(options={"observations": {k: np.stack([i[k] for i in initials])
                                                  for k in keys + ["observation.state"]}})
-    experts = [make_family(cfg.task, names=["expert"])[0] for _ in range(E)]
-    for e, expert in enumerate(experts):
-        expert.reset(seed=cfg.seed + e)
+    expert = make_family(cfg.task, names=["expert"])[0]  # acts on a batch; undegraded, it draws no noise
+    expert.reset(seed=cfg.seed)
     states = [obs["observation.state"].copy()]
     for t in tqdm(range(cfg.max_episode_steps), desc="imagined steps", unit="step"):
-        actions = np.concatenate([x.select_action({k: v[e:e + 1] for k, v in obs.items()})
-                                  for e, x in enumerate(experts)])
-        obs, *_ = env.step(actions)
+        obs, *_ = env.step(expert.select_action(obs))
         if (t + 1) % model.cfg.frame_stride == 0:
             states.append(obs["observation.state"].copy())
     return np.stack(states, 1)
