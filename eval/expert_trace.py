@@ -48,8 +48,7 @@ class ExpertTraceConfig:
 
 def trace_summary(states: np.ndarray) -> dict:
     """states (E, F, S), one row of frames per episode -> per episode (cm): the hand's lowest z, the object's travel
-    in the plane, its final distance to the goal in the plane, the hand-object distance in the plane at the hand's
-    lowest frame."""
+    in the plane, its final distance to the goal in the plane, the hand-object distance in the plane and the object's height at the hand's lowest frame."""
     hand, obj, goal = states[..., HAND], states[..., OBJECT], states[..., GOAL]
     lowest = hand[..., 2].argmin(1)
     rows = np.arange(len(states))
@@ -57,7 +56,9 @@ def trace_summary(states: np.ndarray) -> dict:
             "object_travel_cm": 100 * np.linalg.norm(obj[:, -1, :2] - obj[:, 0, :2], axis=-1),
             "final_object_to_goal_cm": 100 * np.linalg.norm(obj[:, -1, :2] - goal[:, -1, :2], axis=-1),
             "hand_object_xy_at_lowest_cm": 100 * np.linalg.norm(hand[rows, lowest, :2] - obj[rows, lowest, :2],
-                                                                axis=-1)}
+                                                                axis=-1),
+            # the expert lowers the hand to the object's height + 3 cm: an object seen too high stops it early
+            "object_z_at_lowest_cm": 100 * obj[rows, lowest, 2]}
 
 
 def real_traces(cfg: ExpertTraceConfig, model: VideoDiT) -> tuple[list[dict], np.ndarray]:
@@ -100,8 +101,9 @@ def report_lines(cfg: ExpertTraceConfig, result: dict) -> list[str]:
              f"{cfg.seed + cfg.episodes - 1}, closed loop in MetaWorld and in the world model from the same first "
              "observation (in imagination the expert reads the predicted state). Per episode, cm.", "",
              "| episode | lowest hand z, real / imagined | object travel, real / imagined | final object-goal, "
-             "real / imagined | hand-object in the plane at the lowest, real / imagined |",
-             "| ---: | --- | --- | --- | --- |"]
+             "real / imagined | hand-object in the plane at the lowest, real / imagined | object z at the lowest, "
+             "real / imagined |",
+             "| ---: | --- | --- | --- | --- | --- |"]
     real, imagined = result["real"], result["imagined"]
     for e in range(cfg.episodes):
         cells = [f"{real[k][e]:.1f} / {imagined[k][e]:.1f}" for k in real]

@@ -286,3 +286,24 @@ def test_writing_an_episode_leaves_the_thread_at_normal_priority(tmp_path):
     dataset.finalize()
     assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
     assert LeRobotDataset("test/priority", root=tmp_path / "priority").num_frames == 4
+
+
+def test_clips_near_the_object_are_those_with_a_frame_where_the_hand_is_within_the_radius(clips):
+    from worldmodel.train import LoopConfig, oversample_near_object
+
+    radius = float(np.median(np.linalg.norm(clips.cache.states[:, 0:3] - clips.cache.states[:, 4:7], axis=1)))
+    near = clips.clips_near_object(radius)
+    assert near.shape == (len(clips),) and 0 < near.sum() < len(clips)
+    for index in range(len(clips)):
+        state = clips[index]["state"].numpy()
+        assert near[index] == bool((np.linalg.norm(state[:, 0:3] - state[:, 4:7], axis=1) < radius).any())
+    drawn = oversample_near_object(clips, LoopConfig(near_object_repeat=3, near_object_m=radius))
+    counts = np.bincount(np.asarray(drawn.indices), minlength=len(clips))
+    np.testing.assert_array_equal(counts, np.where(near, 3, 1))
+    assert oversample_near_object(clips, LoopConfig()) is clips  # the default draws every clip once
+
+
+def test_near_object_indices_must_name_a_position_inside_the_state(tiny_dataset_root):
+    clips = ClipDataset(config(tiny_dataset_root, object_indices=[4, 5, 39]))
+    with pytest.raises(ValueError, match="object_indices.*size 39"):
+        clips.clips_near_object(0.05)

@@ -7,12 +7,13 @@ from eval.expert_trace import (GOAL, ExpertTraceConfig, command, expert_trace, i
 from eval.fidelity import HAND, OBJECT
 
 
-def test_the_summary_reads_the_lowest_hand_the_travel_and_the_goal_distance_in_cm():
+def test_the_summary_reads_the_lowest_hand_the_travel_the_goal_distance_and_the_object_height_in_cm():
     states = np.zeros((1, 4, 39))
     states[0, :, HAND[2]] = [0.20, 0.12, 0.055, 0.06]  # the hand comes down to 5.5 cm at frame 2
     states[0, :, HAND[0]] = [0.0, 0.0, 0.004, 0.1]
     states[0, :, OBJECT[0]] = [0.0, 0.0, 0.0, 0.03]  # the object then moves 3 cm in x and 4 cm in y
     states[0, :, OBJECT[1]] = [0.0, 0.0, 0.0, 0.04]
+    states[0, :, OBJECT[2]] = [0.02, 0.02, 0.025, 0.03]  # 2.5 cm high when the hand is lowest
     states[0, :, GOAL[0]] = 0.03
     states[0, :, GOAL[1]] = 0.10
     summary = trace_summary(states)
@@ -20,6 +21,7 @@ def test_the_summary_reads_the_lowest_hand_the_travel_and_the_goal_distance_in_c
     assert np.allclose(summary["object_travel_cm"], [5.0])
     assert np.allclose(summary["final_object_to_goal_cm"], [6.0])
     assert np.allclose(summary["hand_object_xy_at_lowest_cm"], [0.4])
+    assert np.allclose(summary["object_z_at_lowest_cm"], [2.5])
 
 
 def test_the_twins_start_from_one_state_and_the_report_holds_both_traces(tiny_world_model_dir, tmp_path):

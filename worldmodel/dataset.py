@@ -60,6 +60,9 @@ class DatasetConfig:
     state_key: str = "observation.state"
     # Indices into the state vector that make the robot pose (MetaWorld: hand xyz + gripper).
     pose_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    # Indices of the manipulated object's position in the state (MetaWorld: the first object's xyz); read only by
+    # training's near-object oversampling (train.near_object_repeat).
+    object_indices: list[int] = field(default_factory=lambda: [4, 5, 6])
     episodes: list[int] | None = None  # None: all episodes
     # Memory frames per clip (0: none). Slot 0 is the episode's first frame (the attention sink); the
     # others are earlier frames of the same episode chosen by pose proximity to a frame of the clip, so
@@ -452,6 +455,22 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.clip(*self.locate(index))
+
+    def clips_near_object(self, radius_m: float) -> np.ndarray:
+        """(len(self),) bool: clips in which at some frame the hand (the first 3 pose indices) is within
+        `radius_m` of the object (object_indices), in clip index order."""
+        cfg, cache = self.cfg, self.cache
+        for name, indices in (("pose_indices", cfg.pose_indices[:3]), ("object_indices", cfg.object_indices)):
+            if len(indices) != 3 or not all(0 <= i < self.state_dim for i in indices):
+                raise ValueError(f"{name}: expected 3 indices of a position inside the state of size "
+                                 f"{self.state_dim}, got {list(indices)}")
+        gap = cache.states[:, cfg.pose_indices[:3]] - cache.states[:, cfg.object_indices]
+        near_row = np.linalg.norm(gap, axis=1) < radius_m  # (rows,)
+        frame_offsets = cfg.frame_stride * np.arange(cfg.clip_frames)
+        per_episode = [near_row[start + first[:, None] + frame_offsets].any(1)
+                       for start, first in ((int(s), np.arange(n)) for s, n in
+                                            zip(self.cache.episode_start, self._starts_per_episode))]
+        return np.concatenate(per_episode)
 
     def action_to_pose(self) -> list[list[float]]:
         """(A, P) pose change per env action, least squares over every step of every cached episode (the

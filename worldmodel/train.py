@@ -85,6 +85,10 @@ class LoopConfig:
     val_sampling_steps: int = 10
     num_workers: int = 2
     seed: int = 0
+    # Draw the clips in which the hand comes within near_object_m of the object this many times per epoch (1:
+    # every clip once). The grasp is a small part of the data and decides a push: eval/results/expert_trace_*.
+    near_object_repeat: int = 1
+    near_object_m: float = 0.08
 
 
 @dataclass
@@ -194,9 +198,23 @@ def check_config(cfg: TrainConfig) -> None:
                          f"(model.patch_size; pixel frames are cut into {patch}x{patch} patches)")
     if cfg.init_from is not None:
         check_folder_kind(cfg.init_from, "VideoDiT")
+    if cfg.train.near_object_repeat < 1:
+        raise ValueError(f"train.near_object_repeat: expected >= 1 (1 draws every clip once), got {cfg.train.near_object_repeat}")
     if from_first and cfg.dataset.memory_frames < 1:
         raise ValueError("dataset.memory_frames: model.residual_from_first_frame needs at least 1 (memory slot 0 is "
                          f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
+
+
+def oversample_near_object(clips: ClipDataset, loop: LoopConfig) -> torch.utils.data.Dataset:
+    """The training clips with those near the object listed loop.near_object_repeat times (a plain shuffled
+    loader then draws them that much more often, and a resumed run sees the same order)."""
+    if loop.near_object_repeat == 1:
+        return clips
+    near = np.flatnonzero(clips.clips_near_object(loop.near_object_m))
+    extra = np.tile(near, loop.near_object_repeat - 1)
+    print(f"near_object_repeat: {len(near)} of {len(clips)} clips come within {loop.near_object_m} m of the object; "
+          f"each is drawn {loop.near_object_repeat} times per epoch")
+    return torch.utils.data.Subset(clips, np.concatenate([np.arange(len(clips)), extra]).tolist())
 
 
 def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
@@ -311,6 +329,7 @@ def start_run(cfg: TrainConfig) -> Run:
     with accelerator.main_process_first():
         train_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": train_episodes}))
         val_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": val_episodes})) if val_episodes else None
+    drawn_clips = oversample_near_object(train_clips, loop)
     codec = make_codec(cfg).to(accelerator.device)
     if cfg.codec.autoencoder is not None and cfg.codec.precompute_latents:
         with accelerator.main_process_first():
@@ -332,7 +351,7 @@ def start_run(cfg: TrainConfig) -> Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay, betas=(0.9, 0.99))
     scheduler = get_scheduler(loop.schedule, optimizer, num_warmup_steps=loop.warmup_steps,
                               num_training_steps=loop.steps)
-    loader = torch.utils.data.DataLoader(train_clips, batch_size=loop.batch_size, shuffle=True, drop_last=True,
+    loader = torch.utils.data.DataLoader(drawn_clips, batch_size=loop.batch_size, shuffle=True, drop_last=True,
                                          num_workers=loop.num_workers, persistent_workers=loop.num_workers > 0)
     if len(loader) == 0:
         raise ValueError(f"train.batch_size: {loop.batch_size} is larger than the {len(train_clips)} training clips")
