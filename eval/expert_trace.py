@@ -48,7 +48,8 @@ class ExpertTraceConfig:
 
 def trace_summary(states: np.ndarray) -> dict:
     """states (E, F, S), one row of frames per episode -> per episode (cm): the hand's lowest z, the object's travel
-    in the plane, its final distance to the goal in the plane, the hand-object distance in the plane and the object's height at the hand's lowest frame."""
+    in the plane, its final distance to the goal in the plane, and at the hand's lowest frame the hand-object distance
+    in the plane and the object's height."""
     hand, obj, goal = states[..., HAND], states[..., OBJECT], states[..., GOAL]
     lowest = hand[..., 2].argmin(1)
     rows = np.arange(len(states))

@@ -467,9 +467,10 @@ class ClipDataset(torch.utils.data.Dataset):
         gap = cache.states[:, cfg.pose_indices[:3]] - cache.states[:, cfg.object_indices]
         near_row = np.linalg.norm(gap, axis=1) < radius_m  # (rows,)
         frame_offsets = cfg.frame_stride * np.arange(cfg.clip_frames)
-        per_episode = [near_row[start + first[:, None] + frame_offsets].any(1)
-                       for start, first in ((int(s), np.arange(n)) for s, n in
-                                            zip(self.cache.episode_start, self._starts_per_episode))]
+        per_episode = []
+        for start, n_clips in zip(cache.episode_start, self._starts_per_episode):
+            rows = int(start) + np.arange(n_clips)[:, None] + frame_offsets  # (clips, T) each clip's rows
+            per_episode.append(near_row[rows].any(1))
         return np.concatenate(per_episode)
 
     def action_to_pose(self) -> list[list[float]]:

@@ -205,14 +205,15 @@ def check_config(cfg: TrainConfig) -> None:
                          f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
 
 
-def oversample_near_object(clips: ClipDataset, loop: LoopConfig) -> torch.utils.data.Dataset:
+def oversample_near_object(clips: ClipDataset, loop: LoopConfig, say=print) -> torch.utils.data.Dataset:
     """The training clips with those near the object listed loop.near_object_repeat times (a plain shuffled
-    loader then draws them that much more often, and a resumed run sees the same order)."""
+    loader then draws them that much more often, and a resumed run sees the same order). `say`: the main
+    process's print under accelerate."""
     if loop.near_object_repeat == 1:
         return clips
     near = np.flatnonzero(clips.clips_near_object(loop.near_object_m))
     extra = np.tile(near, loop.near_object_repeat - 1)
-    print(f"near_object_repeat: {len(near)} of {len(clips)} clips come within {loop.near_object_m} m of the object; "
+    say(f"near_object_repeat: {len(near)} of {len(clips)} clips come within {loop.near_object_m} m of the object; "
           f"each is drawn {loop.near_object_repeat} times per epoch")
     return torch.utils.data.Subset(clips, np.concatenate([np.arange(len(clips)), extra]).tolist())
 
@@ -329,7 +330,7 @@ def start_run(cfg: TrainConfig) -> Run:
     with accelerator.main_process_first():
         train_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": train_episodes}))
         val_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": val_episodes})) if val_episodes else None
-    drawn_clips = oversample_near_object(train_clips, loop)
+    drawn_clips = oversample_near_object(train_clips, loop, say=accelerator.print)
     codec = make_codec(cfg).to(accelerator.device)
     if cfg.codec.autoencoder is not None and cfg.codec.precompute_latents:
         with accelerator.main_process_first():
