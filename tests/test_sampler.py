@@ -273,3 +273,21 @@ def test_guidance_runs_with_the_cache_ignores_actions_at_scale_zero_and_changes_
     torch.testing.assert_close(cached_state, naive_state, rtol=0, atol=1e-4)
     plain, _ = run(start(model, replace(config, guidance_scale=1.0)), 5)
     assert (cached - plain).abs().max() > 1e-3 and (cached - unconditional).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("rolling", [True, False])
+def test_a_frame_filter_replaces_what_is_committed_and_what_comes_after_reads_it(model, rolling):
+    """Teacher forcing (eval.picture_swap): the filtered frame is the one returned, cached and read by the next."""
+    config = SamplerConfig(steps=2, window=2 if rolling else 1, rolling=rolling, memory=MemoryConfig(k=0))
+    replaced = torch.full((B, V, 3, SIZE, SIZE), 0.25)
+    plain_first, _ = run(start(model, config), 1)
+    plain_both, _ = run(start(model, config), 2)
+    filtered = start(model, config)
+    filtered.frame_filter = lambda x, s: (replaced, s)
+    first, _ = run(filtered, 1)
+    torch.testing.assert_close(first[:, 0], replaced, rtol=0, atol=0)
+    assert not torch.allclose(plain_first, first)
+    # after one filtered frame, the next drawn frame differs from the unfiltered rollout's second frame
+    filtered.frame_filter = None
+    second, _ = filtered.rollout(actions(2)[:, 1:], torch.Generator().manual_seed(3))
+    assert (second[:, 0] - plain_both[:, 1]).abs().mean() > 1e-3

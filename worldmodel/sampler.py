@@ -105,6 +105,10 @@ class StreamingSampler:
         self.command = torch.zeros(B, len(self.pose_indices), device=dev)
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # naive mode
         self.passes = 0  # forward passes over new frames (for benchmarks)
+        # Called on every finished frame before it is committed: (latents (B, V, C, H, W), raw state (B, S)) -> the
+        # same, changed. None: frames are committed as drawn. For teacher forcing: eval.picture_swap puts the real
+        # pictures of some views in place of the drawn ones, to see which part of its own output a rollout stalls on.
+        self.frame_filter = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def cache_frames(self) -> int:
@@ -244,6 +248,8 @@ class StreamingSampler:
         s = self.model.denormalize_state(s)
         if self.state_low is not None:
             s = s.clamp(min=self.state_low, max=self.state_high)
+        if self.frame_filter is not None:
+            x, s = self.frame_filter(x, s)
         return x, s
 
     def _predict(self, x, s, t, actions, context):
