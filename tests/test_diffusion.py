@@ -251,3 +251,37 @@ def test_balanced_state_weights_follow_how_much_each_dimension_changes():
     latents, actions, state = torch.zeros(3, 2, 1, 3, 8, 8), torch.randn(3, 2, 2, 4), torch.randn(3, 2, 39)
     _, parts = FlowMatching(DiffusionConfig(), state_weight).loss(model, latents, state, actions)
     torch.testing.assert_close(parts["state_loss"], ((state[:, 1] - state[:, 0]).abs() * state_weight).mean())
+
+
+def test_self_forcing_shows_the_context_the_models_own_pictures_and_keeps_the_rest_real():
+    cfg = build_config("tiny", dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
+                                    condition_on_state=True, residual_from_first_frame=True, condition_on_command=False),
+                       num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+    torch.manual_seed(0)
+    model = make_model(cfg)
+    for p in model.parameters():  # random everywhere, as after some training: its pictures are not the clip's
+        p.data.add_(torch.randn_like(p) * 0.05)
+    fm = FlowMatching(DiffusionConfig(self_forcing_prob=1.0, self_forcing_steps=2))
+    latents, state, actions = torch.rand(2, 5, 1, 3, 8, 8) * 2 - 1, torch.randn(2, 5, 39), torch.randn(2, 5, 2, 4)
+    memory = {"latents": torch.rand(2, 1, 1, 3, 8, 8), "state": torch.zeros(2, 1, 39), "frame_pos": -torch.ones(2, 1),
+              "valid": torch.ones(2, 1, dtype=torch.bool)}
+    is_future = torch.tensor([[False, False, False, True, True], [False, True, True, True, True]])
+    shown = fm.own_context_pictures(model, latents, state, actions, None, is_future, torch.Generator().manual_seed(1),
+                                    memory, None)
+    with torch.no_grad():
+        own, _ = sample_full_sequence(model, latents[:, :1], model.denormalize_state(state[:, :1]), actions, 2,
+                                      generator=torch.Generator().manual_seed(1), memory=memory,
+                                      first_latents=memory["latents"][:, 0])
+    # The first frame and every frame in the loss stay real; the other context frames are what the model draws.
+    torch.testing.assert_close(shown[:, 0], latents[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(shown[is_future], latents[is_future], rtol=0, atol=0)
+    torch.testing.assert_close(shown[0, 1:3], own[0, :2].clamp(-1, 1), rtol=0, atol=0)
+    assert (shown[0, 1:3] - latents[0, 1:3]).abs().mean() > 0.1
+    # The loss draws them in that fraction of steps only.
+    calls = []
+    for prob in (0.0, 1.0):
+        fm = FlowMatching(DiffusionConfig(self_forcing_prob=prob, self_forcing_steps=2))
+        original = fm.own_context_pictures
+        fm.own_context_pictures = lambda *args: calls.append(prob) or original(*args)
+        fm.loss(model, latents, state, actions, memory=memory, generator=torch.Generator().manual_seed(0))
+    assert calls == [1.0]

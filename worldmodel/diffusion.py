@@ -57,6 +57,14 @@ class DiffusionConfig:
     # whether contact happens, the mean is a small move every frame, and an open-loop rollout sums those moves
     # into a drift across the table. The median of "usually still" is exactly still.
     median_state: bool = True
+    # Self forcing of the context pictures (as Self Forcing and Rolling Forcing train on the model's own history): in
+    # this fraction of training steps the pictures of every context frame after the clip's first are replaced by the
+    # model's own, drawn from that first frame with the clip's actions (`self_forcing_steps` Euler steps, no
+    # gradient); the states and every frame in the loss stay real. A rollout reads the model's own pictures: with
+    # the shipped push tiny, real gripper-camera pictures alone remove the imagined hand's stall above the puck
+    # (eval/results/ablation_cpu_contact.md), so the model must learn to read its own.
+    self_forcing_prob: float = 0.0
+    self_forcing_steps: int = 4
 
 
 def noise_levels(steps: int, device=None) -> torch.Tensor:
@@ -153,6 +161,12 @@ class FlowMatching:
         if memory is not None:
             keep = torch.rand(B, device=device, generator=generator) >= self.config.memory_dropout
             memory = {**memory, "valid": memory["valid"] & keep[:, None]}
+        own_pictures = self.config.self_forcing_prob > 0 and bool(
+            torch.rand(1, device=device, generator=generator) < self.config.self_forcing_prob)
+        if own_pictures:
+            latents = self.own_context_pictures(getattr(model, "module", model), latents, state0, actions,
+                                                actions_is_pad, in_loss, generator, memory, command)
+            noisy_latents = add_noise(latents, noise_latents, t)
         anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
         anchor = clip_anchors(*anchor_source, in_loss, actions, actions_is_pad) if uses_anchor else None
         if mc.residual_from_first_frame:
@@ -178,6 +192,22 @@ class FlowMatching:
         state_loss = (state_err * weight).sum() / denom
         loss = latent_loss + self.config.state_loss_weight * state_loss
         return loss, {"loss": loss.detach(), "latent_loss": latent_loss.detach(), "state_loss": state_loss.detach()}
+
+
+    def own_context_pictures(self, model: VideoDiT, latents, state0, actions, actions_is_pad, is_future, generator,
+                             memory, command) -> torch.Tensor:
+        """latents (B, T, V, C, H, W) with the pictures of the context frames after the first replaced by the
+        model's own: frames 1.. drawn together from frame 0 (real pictures and state) with the clip's actions, as
+        the reference sampler does, and shown as a rollout commits them (pixels clamped to the codec's range)."""
+        mc = model.cfg
+        own, _ = sample_full_sequence(
+            model, latents[:, :1], model.denormalize_state(state0[:, :1]), actions, self.config.self_forcing_steps,
+            actions_is_pad=actions_is_pad, generator=generator, command=command, memory=memory,
+            first_latents=first_frame_latents(memory) if mc.residual_from_first_frame else None)
+        if mc.codec.get("type") == "pixel":
+            own = own.clamp(-1.0, 1.0)
+        own = torch.cat([latents[:, :1], own.to(latents.dtype)], dim=1)  # frame 0 stays real
+        return torch.where(per_frame(~is_future, latents), own, latents)
 
 
 def balanced_state_weight(change_std: torch.Tensor, state_std: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -282,6 +312,8 @@ def sample_full_sequence(
     actions_is_pad: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     command: torch.Tensor | None = None,  # (B, K + F, P) raw commanded pose; None: integrated from the last context frame
+    first_latents: torch.Tensor | None = None,  # (B, V, C, H, W) the pixels' anchor (residual_from_first_frame); None: context frame 0
+    memory: dict | None = None,  # clean memory frames for VideoDiT.encode_memory, as in training
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference sampler: all F future frames are denoised together from t=1 to 0 with Euler steps,
     recomputing the whole sequence every step (no cache). The baseline any faster sampler must match.
@@ -300,7 +332,8 @@ def sample_full_sequence(
     anchor = clip_anchors(torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), is_future, actions,
                           actions_is_pad)
     if model.cfg.residual_from_first_frame:
-        anchor["latents"] = first_frame_anchors(anchor["latents"], context_latents[:, 0], is_future)
+        first = context_latents[:, 0] if first_latents is None else first_latents
+        anchor["latents"] = first_frame_anchors(anchor["latents"], first, is_future)
     if model.cfg.condition_on_command:
         if command is None:  # a rollout starts where it was commanded to be
             start = context_state[:, -1, list(model.cfg.pose_indices)]
@@ -312,7 +345,7 @@ def sample_full_sequence(
         t_future = levels[i].expand(B, F_)
         t_all = torch.cat([torch.zeros(B, K, device=device), t_future], dim=1)
         out = guided_prediction(model, torch.cat([context_latents, x], 1), torch.cat([ctx_state, s], 1), t_all,
-                                actions, actions_is_pad, guidance_scale, anchor=anchor)
+                                actions, actions_is_pad, guidance_scale, anchor=anchor, memory=memory)
         x = euler_step(x, out["latents"][:, K:], levels[i], levels[i + 1])
         s = euler_step(s, out["state"][:, K:], levels[i], levels[i + 1])
     return x, model.denormalize_state(s)
