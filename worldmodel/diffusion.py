@@ -193,7 +193,6 @@ class FlowMatching:
         loss = latent_loss + self.config.state_loss_weight * state_loss
         return loss, {"loss": loss.detach(), "latent_loss": latent_loss.detach(), "state_loss": state_loss.detach()}
 
-
     def own_context_pictures(self, model: VideoDiT, latents, state0, actions, actions_is_pad, is_future, generator,
                              memory, command) -> torch.Tensor:
         """latents (B, T, V, C, H, W) with the pictures of the context frames after the first replaced by the
