@@ -8,14 +8,15 @@ from worldmodel.model import PRESETS, KVContext, VideoDiT, build_config, make_mo
 B, T, V, S, STRIDE, A, SIZE = 2, 5, 2, 39, 3, 4, 32
 
 
-def random_model(seed=0) -> VideoDiT:
+def random_model(seed=0, **design) -> VideoDiT:
     """A tiny model with *every* weight random: zero-initialised adaLN/output layers would make the
     properties below hold trivially. Plain frame prediction: the attention structure checked here does not
     depend on it, and residual / state-conditioned models are checked with their anchors further down."""
     torch.manual_seed(seed)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=False,
                                     residual_from_first_frame=False, linear_state_dynamics=False, deterministic_state=False,
-                                    condition_on_state=False, condition_on_command=False), num_views=V, latent_size=SIZE,
+                                    condition_on_state=False, condition_on_command=False, **design), num_views=V,
+                       latent_size=SIZE,
                        image_size=SIZE, frame_stride=STRIDE, state_dim=S, action_dim=A, camera_keys=["a", "b"])
     model = make_model(cfg).eval()
     with torch.no_grad():
@@ -111,6 +112,30 @@ def test_flex_attention_path_matches_sdpa():
         torch.testing.assert_close(flex_ctx["latents"], dense_ctx["latents"], atol=1e-5, rtol=1e-5)
     finally:
         model.force_flex_attention = False
+
+
+@torch.no_grad()
+def test_a_state_that_does_not_read_pictures_is_blind_to_every_picture():
+    """state_reads_pictures=False: no picture (the frame's own, an earlier frame's, a cached context frame's, on the
+    SDPA and the FlexAttention path) changes a predicted state, while the pictures still read the state. The
+    default model's state does read them."""
+    model, x = random_model(state_reads_pictures=False), inputs()
+    other = {**x, "latents": torch.randn_like(x["latents"])}
+    base = model(**x)
+    torch.testing.assert_close(model(**other)["state"], base["state"], rtol=0, atol=0)
+    prefix, other_prefix = (model(**{n: v[:, :3] for n, v in y.items()}, return_kv=True)["kv"] for y in (x, other))
+    rest = {n: v[:, 3:] for n, v in x.items()}
+    torch.testing.assert_close(model(**rest, context=other_prefix)["state"], model(**rest, context=prefix)["state"],
+                               rtol=0, atol=0)
+    assert (model(**{**x, "state": x["state"] + 1.0})["latents"] - base["latents"]).abs().max() > 1e-3
+    model.force_flex_attention = True
+    try:
+        torch.testing.assert_close(model(**other)["state"], base["state"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(**x)["latents"], base["latents"], rtol=0, atol=1e-5)
+    finally:
+        model.force_flex_attention = False
+    reads = random_model()
+    assert (reads(**other)["state"] - reads(**x)["state"]).abs().max() > 1e-3
 
 
 @torch.no_grad()

@@ -72,6 +72,12 @@ class VideoDiTConfig:
     # eval/results/state_drift_cpu_tiny.md showed them compounding). The linear path starts as the identity on the
     # pose: an untrained model puts the robot at its commanded pose (dead reckoning). Needs predict_residual.
     condition_on_command: bool = False
+    # The state token reads the pictures (its own frame's and the earlier ones'). Turn it off where the dataset's
+    # state is complete (MetaWorld's holds the hand, the gripper and the objects' poses): the state is then
+    # predicted from states, actions and commands alone, and a rollout's drawn pictures, blurrier than real ones,
+    # cannot steer it (eval/results/ablation_cpu_contact.md: the imagined push stalls on the model's own
+    # gripper-camera pictures). The pictures still read the state, so they are drawn where the state says.
+    state_reads_pictures: bool = True
     # On CUDA, block-causal attention runs through FlexAttention (compiled; skips fully masked blocks)
     # instead of SDPA with a dense boolean mask.
     flex_attention_on_cuda: bool = True
@@ -450,18 +456,31 @@ class VideoDiT(ModelMixin, ConfigMixin):
     action_limit_std = 100.0  # actions further than this from the training mean are refused (check_actions)
 
     def attention_mask(self, T: int, L: int, context_length: int, device, use_flex: bool):
-        """Block-causal: a token sees every token of its own and earlier frames, and all context.
-        Dense (T*L, context + T*L) bool for SDPA, or a cached BlockMask for FlexAttention."""
+        """Block-causal: a token sees every token of its own and earlier frames, and all context; without
+        `state_reads_pictures` a state token sees only state tokens. Dense (T*L, context + T*L) bool for SDPA, or a
+        cached BlockMask for FlexAttention."""
+        if context_length % L:
+            raise ValueError(f"context: {context_length} tokens is not a whole number of frames of {L} tokens")
         frame_of_key = torch.cat([torch.full((context_length,), -1, device=device),
                                   torch.arange(T, device=device).repeat_interleave(L)])
         frame_of_query = frame_of_key[context_length:]
+        # Every frame, in the context too, is L tokens with its state token last.
+        key_is_picture = torch.arange(context_length + T * L, device=device) % L != L - 1
+        query_is_state = ~key_is_picture[context_length:]
+        state_reads_pictures = self.cfg.state_reads_pictures
         if not use_flex:
-            return frame_of_query[:, None] >= frame_of_key[None, :]
+            mask = frame_of_query[:, None] >= frame_of_key[None, :]
+            if not state_reads_pictures:
+                mask &= ~(query_is_state[:, None] & key_is_picture[None, :])
+            return mask
         key = (T, L, context_length, str(device))
         cache = self.__dict__.setdefault("_block_masks", {})
         if key not in cache:
             def block_causal(b, h, q_idx, kv_idx):
-                return frame_of_query[q_idx] >= frame_of_key[kv_idx]
+                visible = frame_of_query[q_idx] >= frame_of_key[kv_idx]
+                if state_reads_pictures:
+                    return visible
+                return visible & ~(query_is_state[q_idx] & key_is_picture[kv_idx])
 
             cache[key] = create_block_mask(block_causal, None, None, T * L, context_length + T * L, device=device)
         return cache[key]

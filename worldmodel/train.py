@@ -51,6 +51,7 @@ class ModelSpec:
     linear_state_dynamics: bool | None = None
     deterministic_state: bool | None = None
     condition_on_command: bool | None = None
+    state_reads_pictures: bool | None = None
 
 
 @dataclass
@@ -224,7 +225,7 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
                  predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state,
                  residual_from_first_frame=spec.residual_from_first_frame,
                  linear_state_dynamics=spec.linear_state_dynamics, deterministic_state=spec.deterministic_state,
-                 condition_on_command=spec.condition_on_command)
+                 condition_on_command=spec.condition_on_command, state_reads_pictures=spec.state_reads_pictures)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
