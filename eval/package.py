@@ -115,8 +115,11 @@ def package_model(cfg: PackageConfig) -> Path:
         f"- {summary['steps']} steps, batch {t['train']['batch_size']}, {t['dataset']['clip_frames']} frames per clip "
         f"+ {t['dataset'].get('memory_frames', 0)} memory frames, lr {t['train']['lr']}, {summary['num_processes']} "
         f"process(es), {summary.get('clips_per_s_overall', summary['clips_per_s']):.1f} clips/s; "
-        f"{summary.get('wall_seconds', summary['seconds']) / 60:.0f} minutes of training wall time in all"
+        f"{summary.get('wall_seconds', summary['seconds']) / 60:.0f} minutes of training wall time"
         + (f" (resumed at step {summary['resumed_from_step']})" if summary.get("resumed_from_step") else "")
+        + (f", fine-tuned from `{init['path']}` ({init['steps']} steps, {init['wall_seconds'] / 60:.0f} minutes): "
+           f"{summary['wall_seconds_in_all'] / 60:.0f} minutes of training from scratch in all"
+           if (init := summary.get("init_from")) else " in all")
         + f" on {summary.get('device', 'an unrecorded device')} (`train_summary.json`).",
         f"- GPU time: {cfg.gpu_time}.",
         f"- Held-out validation PSNR: one step ahead {fmt(last_val.get('val/psnr_one_step'))} dB, open loop "

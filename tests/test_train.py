@@ -253,6 +253,12 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_one_that_does_not_fit(
     assert source.keys() == tuned.keys()
     for key in source:
         torch.testing.assert_close(tuned[key], source[key], rtol=0, atol=0)
+    # Its summary counts the training behind the weights it started from.
+    earlier, summary = (json.loads((d / "train_summary.json").read_text()) for d in (trained, out))
+    assert summary["init_from"] == {"path": str(trained / "model"), "steps": earlier["steps"],
+                                    "wall_seconds": earlier["wall_seconds"]}
+    assert summary["wall_seconds_in_all"] == pytest.approx(summary["wall_seconds"] + earlier["wall_seconds"])
+    assert earlier["init_from"] is None and earlier["wall_seconds_in_all"] == earlier["wall_seconds"]
     # --resume=true with no checkpoint yet (a first run of a resumable script) starts from the given weights too.
     train_main(train_args(tiny_dataset_root, tmp_path / "first", 2, **{"init_from": trained / "model", "train.lr": 0.0,
                                                                        "train.warmup_steps": 0, "resume": "true"}))

@@ -121,6 +121,19 @@ def load_initial_weights(model: VideoDiT, path: str) -> None:
     model.load_state_dict(theirs)
 
 
+def initial_training(path: str | None) -> dict | None:
+    """The training behind --init_from's weights (its train_summary.json: in the folder, or beside a `wm train`
+    output's model/), so a fine-tuned model's summary counts every minute of training it took from scratch."""
+    if path is None:
+        return None
+    for folder in (Path(path), Path(path).parent):
+        if (folder / "train_summary.json").is_file():
+            summary = json.loads((folder / "train_summary.json").read_text())
+            return {"path": str(path), "steps": summary["steps"],
+                    "wall_seconds": summary.get("wall_seconds_in_all", summary["wall_seconds"])}
+    return None
+
+
 def split_episodes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
@@ -496,15 +509,19 @@ def write_summary(run: Run, start_step: int, clips_seen: int, elapsed: float) ->
     if not run.is_main:
         return
     save_ema_model(run, run.out / "model")
+    init, wall = initial_training(run.cfg.init_from), run.wall_seconds()
     write_json_atomic(run.out / "train_summary.json", {
         "steps": run.step, "steps_this_run": run.step - start_step, "resumed_from_step": start_step,
-        "num_processes": accelerator.num_processes, "seconds": elapsed, "wall_seconds": run.wall_seconds(),
+        "num_processes": accelerator.num_processes, "seconds": elapsed, "wall_seconds": wall,
         "device": accelerator.device.type if accelerator.device.type != "cpu" else f"cpu ({os.cpu_count()} cores)",
         "clips_per_s": clips_seen / elapsed if elapsed > 0 else math.nan,  # this run (after a resume: its part)
         # every step of every run over all training time (validation and checkpoints included)
-        "clips_per_s_overall": run.step * loop.batch_size * accelerator.num_processes / max(run.wall_seconds(), 1e-9),
+        "clips_per_s_overall": run.step * loop.batch_size * accelerator.num_processes / max(wall, 1e-9),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "param_checksums_per_process": checksums,
+        # a fine-tune: the run its weights came from, and the training time from scratch of both together
+        "init_from": init,
+        "wall_seconds_in_all": wall + (init["wall_seconds"] if init else 0.0),
     })
 
 
