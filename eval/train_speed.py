@@ -2,9 +2,10 @@
 
     python -m eval.train_speed                       # this machine; writes eval/results/train_speed_<device>.json
 
-Synthetic batches shaped like the embedded default (3 views, 64 px pixel codec, frame_stride 4, 39-d
-state, 8-frame clips); `base` is measured on 24x24x4 latents (an AutoencoderKL at 192 px). A step is
-forward + backward + AdamW update through the same FlowMatching loss as `wm train`.
+Synthetic batches shaped like the recipe's training (3 views, 64 px pixel codec, frame_stride 4, 39-d
+state, 6-frame clips with 3 memory frames, the commanded pose when the preset conditions on it); `base` is
+measured on 24x24x4 latents (an AutoencoderKL at 192 px). A step is forward + backward + AdamW update through
+the same FlowMatching loss as `wm train`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from worldmodel.model import build_config, make_model
 @dataclass
 class SpeedConfig:
     presets: list[str] = field(default_factory=lambda: ["tiny", "small", "base"])
-    clip_frames: int = 8
+    clip_frames: int = 6
+    memory_frames: int = 3  # slot 0 is the episode's first frame, the pixel anchor of residual_from_first_frame
     batch_size: int = 0  # 0: per preset, what fits this device in reasonable time
     steps: int = 3
     warmup: int = 1
@@ -48,6 +50,22 @@ def model_flops_per_clip(model, tokens_per_clip: int) -> float:
     return 6 * params * tokens_per_clip + 3 * attention
 
 
+def synthetic_memory_and_command(model_cfg, batch: int, T: int, M: int, device) -> tuple[dict | None, torch.Tensor | None]:
+    """Memory frames (B, M, ...) as the trainer passes them (M = 0: none) and a commanded pose (B, T, P) when the
+    model conditions on one."""
+    memory = None
+    if M:
+        V, C, S = model_cfg.num_views, model_cfg.latent_channels, model_cfg.latent_size
+        memory = {"latents": torch.randn(batch, M, V, C, S, S, device=device),
+                  "state": torch.randn(batch, M, model_cfg.state_dim, device=device),
+                  "frame_pos": (-4.0 * torch.arange(M, 0, -1, device=device)).clamp(min=-model_cfg.max_offset).expand(batch, M),
+                  "valid": torch.ones(batch, M, dtype=torch.bool, device=device)}
+    command = None
+    if model_cfg.condition_on_command:
+        command = torch.randn(batch, T, len(model_cfg.pose_indices), device=device) * 0.1
+    return memory, command
+
+
 def measure(preset: str, cfg: SpeedConfig, device: torch.device) -> dict:
     channels, size, (cpu_batch, gpu_batch) = DATA[preset]
     batch = cfg.batch_size or (gpu_batch if device.type == "cuda" else cpu_batch)
@@ -59,11 +77,12 @@ def measure(preset: str, cfg: SpeedConfig, device: torch.device) -> dict:
     latents = torch.randn(batch, T, V, channels, size, size, device=device)
     state = torch.randn(batch, T, model_cfg.state_dim, device=device)
     actions = torch.randn(batch, T, model_cfg.frame_stride, model_cfg.action_dim, device=device)
+    memory, command = synthetic_memory_and_command(model_cfg, batch, T, cfg.memory_frames, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
         with autocast:
-            loss, _ = fm.loss(model, latents, state, actions)
+            loss, _ = fm.loss(model, latents, state, actions, memory=memory, command=command)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
