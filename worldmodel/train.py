@@ -554,11 +554,20 @@ def train(cfg: TrainConfig) -> Path:
             save_checkpoint(run)
     progress.close()
     write_summary(run, start_step, clips_seen, time.time() - run.started)
-    # Every process reaches end_training (which tears the process group down) together: with rank 0
-    # still writing files, gloo's teardown sometimes hung.
+    end_processes(run)
+    return run.out
+
+
+def end_processes(run: Run) -> None:
+    """Tear the process group down on every process together. The DDP wrapper is released first, while every
+    peer is still alive: freed after end_training, its reducer's last hold on the gloo group joined a thread
+    that waited on an exited peer, and a process hung at exit (tests/test_train.py, two processes)."""
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()  # rank 0 may still be writing files
+    run.model = None
+    accelerator.free_memory()  # drops accelerate's own references to the prepared objects
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return run.out
 
 
 def main(argv: list[str] | None = None) -> None:
