@@ -85,7 +85,7 @@ def episode(cfg: PictureSwapConfig, env, world: WorldModel, swap: Swap, seed: in
         real, *_ = env.step(action) if rendered else env.step_state_only(action)
         if not rendered:
             continue
-        swap.latents = world.codec.encode(world._images(batch(real)))[:, 0]
+        swap.latents = world.encode(batch(real))[:, 0]
         swap.state = torch.as_tensor(real["observation.state"], dtype=torch.float32)[None]
         # the frame returned is the one committed: swapped pictures (and state) included
         obs = {k: v.cpu().numpy() for k, v in world.step(np.stack(chunk)[None]).items()}

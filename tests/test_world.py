@@ -79,3 +79,14 @@ def test_bad_input_names_what_is_wrong(saved_model):
     nan[1, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         w.step(nan)
+
+
+def test_encode_gives_the_latents_a_real_frame_is_held_as(saved_model):
+    w = world(saved_model)
+    latents = w.encode(observations())  # (B, K, V, C, h, w)
+    assert latents.shape[:3] == (3, 1, len(KEYS))
+    pixels = ((w.codec.decode(latents).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+    for v, key in enumerate(KEYS):  # the embedded model's pixel codec round-trips exactly
+        np.testing.assert_array_equal(pixels[:, 0, v].numpy(), observations()[key])
+    with pytest.raises(ValueError, match="gripperPOV"):
+        w.encode({k: v for k, v in observations().items() if k != KEYS[1]})

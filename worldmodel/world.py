@@ -88,14 +88,23 @@ class WorldModel:
 
     # -- API ---------------------------------------------------------------------------------------
     @torch.no_grad()
+    def encode(self, observations: dict) -> torch.Tensor:
+        """Real pictures of every view, checked as `reset` checks them, -> the codec's latents (B, K, V, C, h, w):
+        what a rollout holds for a frame (e.g. to put a real frame in place of a drawn one)."""
+        return self._encode(self._images(observations))
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.codec.encode(images)
+
+    @torch.no_grad()
     def reset(self, observations: dict, rollouts=None) -> dict:
         """Start rollouts from one or more real observations of every view (+ state). `rollouts` (B,) bool
         resets only those; the observations of the others are ignored."""
         images = self._images(observations)
         state = self._state(observations, images.shape[1])
         mask = None if rollouts is None else torch.as_tensor(rollouts, dtype=torch.bool, device=self.device)
-        with self._autocast():
-            self.sampler.reset(self.codec.encode(images), state, mask)
+        self.sampler.reset(self._encode(images), state, mask)
         self.steps = torch.where(mask, 0, self.steps) if mask is not None else torch.zeros_like(self.steps)
         return self._observation(images[:, -1], state[:, -1])
 
