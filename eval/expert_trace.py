@@ -41,6 +41,9 @@ class ExpertTraceConfig:
     episodes: int = 20
     max_episode_steps: int = 120
     seed: int = 1000  # episode e starts from env seed `seed + e` (eval.rank's seeds)
+    # Which member of the task's policy family (policies.metaworld) to trace. One that draws noise (noise_*,
+    # random_*) draws different noise in the two worlds, so its twins part for that reason too.
+    policy: str = "expert"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     run: str = "cpu_tiny"
     results_dir: str = "eval/results"
@@ -56,6 +59,8 @@ def trace_summary(states: np.ndarray) -> dict:
     return {"lowest_hand_z_cm": 100 * hand[rows, lowest, 2],
             "object_travel_cm": 100 * np.linalg.norm(obj[:, -1, :2] - obj[:, 0, :2], axis=-1),
             "final_object_to_goal_cm": 100 * np.linalg.norm(obj[:, -1, :2] - goal[:, -1, :2], axis=-1),
+            # in 3D, as push's success rule measures it (success: under 5 cm)
+            "final_object_to_goal_3d_cm": 100 * np.linalg.norm(obj[:, -1] - goal[:, -1], axis=-1),
             "hand_object_xy_at_lowest_cm": 100 * np.linalg.norm(hand[rows, lowest, :2] - obj[rows, lowest, :2],
                                                                 axis=-1),
             # the expert lowers the hand to the object's height + 3 cm: an object seen too high stops it early
@@ -70,7 +75,7 @@ def real_traces(cfg: ExpertTraceConfig, model: VideoDiT) -> tuple[list[dict], np
                                                 max_episode_steps=cfg.max_episode_steps))
     initials, states = [], []
     for e in tqdm(range(cfg.episodes), desc="real episodes", unit="episode"):
-        expert = make_family(cfg.task, names=["expert"])[0]
+        expert = make_family(cfg.task, names=[cfg.policy])[0]
         initial, kept, _, _, _ = real_episode(env, expert, cfg.seed + e, cfg.max_episode_steps, stride,
                                               keep_frames=True, render=False)
         initials.append(initial)
@@ -86,7 +91,7 @@ def imagined_traces(cfg: ExpertTraceConfig, model: VideoDiT, initials: list[dict
     env = ImaginedVectorEnv(world, StateDistanceJudge.for_task(cfg.task), cfg.max_episode_steps, task=cfg.task)
     obs, _ = env.reset(options={"observations": {k: np.stack([i[k] for i in initials])
                                                  for k in keys + ["observation.state"]}})
-    expert = make_family(cfg.task, names=["expert"])[0]  # acts on a batch; undegraded, it draws no noise
+    expert = make_family(cfg.task, names=[cfg.policy])[0]  # acts on a batch
     expert.reset(seed=cfg.seed)
     states = [obs["observation.state"].copy()]
     for t in tqdm(range(cfg.max_episode_steps), desc="imagined steps", unit="step"):
@@ -97,14 +102,14 @@ def imagined_traces(cfg: ExpertTraceConfig, model: VideoDiT, initials: list[dict
 
 
 def report_lines(cfg: ExpertTraceConfig, result: dict) -> list[str]:
-    lines = [f"# The expert traced in the simulator and in imagination: {cfg.run}", "",
-             f"Model `{cfg.model}`, task `{cfg.task}`, the task's scripted expert on env seeds {cfg.seed}-"
+    lines = [f"# The {cfg.policy} policy traced in the simulator and in imagination: {cfg.run}", "",
+             f"Model `{cfg.model}`, task `{cfg.task}`, policy `{cfg.policy}` on env seeds {cfg.seed}-"
              f"{cfg.seed + cfg.episodes - 1}, closed loop in MetaWorld and in the world model from the same first "
-             "observation (in imagination the expert reads the predicted state). Per episode, cm.", "",
+             "observation (in imagination the policy reads the predicted state). Per episode, cm.", "",
              "| episode | lowest hand z, real / imagined | object travel, real / imagined | final object-goal, "
-             "real / imagined | hand-object in the plane at the lowest, real / imagined | object z at the lowest, "
+             "real / imagined | final object-goal in 3D, real / imagined | hand-object in the plane at the lowest, real / imagined | object z at the lowest, "
              "real / imagined |",
-             "| ---: | --- | --- | --- | --- | --- |"]
+             "| ---: | --- | --- | --- | --- | --- | --- |"]
     real, imagined = result["real"], result["imagined"]
     for e in range(cfg.episodes):
         cells = [f"{real[k][e]:.1f} / {imagined[k][e]:.1f}" for k in real]
@@ -128,7 +133,8 @@ def sampler_flags(sampler: dict, default: dict, prefix: str = "--sampler.") -> l
 
 def command(cfg: ExpertTraceConfig) -> str:
     return " ".join([f"python -m eval.expert_trace --model={cfg.model} --task={cfg.task} --episodes={cfg.episodes} "
-                     f"--max_episode_steps={cfg.max_episode_steps} --seed={cfg.seed}",
+                     f"--max_episode_steps={cfg.max_episode_steps} --seed={cfg.seed}"
+                     + (f" --policy={cfg.policy}" if cfg.policy != "expert" else ""),
                      *sampler_flags(asdict(cfg.sampler), asdict(SamplerConfig())), f"--run={cfg.run}"])
 
 

@@ -20,6 +20,7 @@ def test_the_summary_reads_the_lowest_hand_the_travel_the_goal_distance_and_the_
     assert np.allclose(summary["lowest_hand_z_cm"], [5.5])
     assert np.allclose(summary["object_travel_cm"], [5.0])
     assert np.allclose(summary["final_object_to_goal_cm"], [6.0])
+    assert np.allclose(summary["final_object_to_goal_3d_cm"], [np.hypot(6.0, 3.0)])  # the object ends 3 cm up
     assert np.allclose(summary["hand_object_xy_at_lowest_cm"], [0.4])
     assert np.allclose(summary["object_z_at_lowest_cm"], [2.5])
 
@@ -53,3 +54,23 @@ def test_the_command_names_the_sampler_settings_that_differ_from_the_default():
     cfg = ExpertTraceConfig(sampler=SamplerConfig(steps=16, memory=MemoryConfig(k=0)), run="s16")
     assert command(cfg).endswith("--seed=1000 --sampler.steps=16 --sampler.memory.k=0 --run=s16")
     assert "--sampler" not in command(ExpertTraceConfig())
+
+
+def test_the_traced_policy_is_the_one_named_in_both_worlds_and_in_the_command(tiny_world_model_dir):
+    import torch
+
+    from worldmodel.model import VideoDiT
+
+    model = VideoDiT.from_pretrained(str(tiny_world_model_dir)).float().eval()
+    traces = {}
+    for policy in ("expert", "random"):
+        cfg = ExpertTraceConfig(model=str(tiny_world_model_dir), episodes=1, max_episode_steps=8, policy=policy)
+        initials, real = real_traces(cfg, model)
+        with torch.no_grad():
+            traces[policy] = real, imagined_traces(cfg, model, initials)
+    # the first frames are the same env seed; the random policy moves the hand elsewhere in both worlds
+    assert np.allclose(traces["expert"][0][:, 0], traces["random"][0][:, 0])
+    assert not np.allclose(traces["expert"][0][:, -1, HAND], traces["random"][0][:, -1, HAND], atol=1e-4)
+    assert not np.allclose(traces["expert"][1][:, -1], traces["random"][1][:, -1], atol=1e-4)
+    assert "--policy=goal_bias_7cm" in command(ExpertTraceConfig(policy="goal_bias_7cm"))
+    assert "--policy" not in command(ExpertTraceConfig())
