@@ -92,9 +92,11 @@ for name in $MODELS; do
   esac
   # Stage 2, the shipped model: the state cut off the pictures and fine-tuned so. MetaWorld's state holds the hand,
   # the gripper and the objects' poses; read from the model's own, blurrier pictures it stalled the imagined hand
-  # above the puck (eval/results/ablation_cpu_contact.md).
+  # above the puck (eval/results/ablation_cpu_contact.md). Each state dimension's error is weighted by how little it
+  # changes per frame (balance_state_dims): the puck's x/y, still in most frames, weigh 3-5x; its quaternion, which
+  # tumbles in the tours, 0.05-0.13. Unweighted, the imagined puck slid off the hand in off-centre pushes.
   train "${name}_state_blind" "$name" "$BLIND_STEPS" "$BLIND_MINUTES" "$BLIND_LR" --model.state_reads_pictures=false \
-    --init_from="$WORK/train/$name/model"
+    --diffusion.balance_state_dims=true --init_from="$WORK/train/$name/model"
 done
 [[ -f $WORK/judge/config.json ]] || $PY -m worldmodel.cli judge --dataset.root="$TRAIN_DATA" --val_episodes="$JUDGE_VAL" \
   --steps="$JUDGE_STEPS" --output_dir="$WORK/judge"
