@@ -68,15 +68,15 @@ def trace_summary(states: np.ndarray) -> dict:
 
 
 def real_traces(cfg: ExpertTraceConfig, model: VideoDiT) -> tuple[list[dict], np.ndarray]:
-    """The expert in MetaWorld: -> the initial observations and the states (E, F, S) at the model's frames."""
+    """The traced policy in MetaWorld: -> the initial observations and the states (E, F, S) at the model's frames."""
     stride = model.cfg.frame_stride
     env = MetaWorldMultiViewEnv(MetaWorldConfig(task=cfg.task, cameras=camera_names(list(model.cfg.camera_keys)),
                                                 image_size=model.cfg.image_size,
                                                 max_episode_steps=cfg.max_episode_steps))
     initials, states = [], []
     for e in tqdm(range(cfg.episodes), desc="real episodes", unit="episode"):
-        expert = make_family(cfg.task, names=[cfg.policy])[0]
-        initial, kept, _, _, _ = real_episode(env, expert, cfg.seed + e, cfg.max_episode_steps, stride,
+        policy = make_family(cfg.task, names=[cfg.policy])[0]
+        initial, kept, _, _, _ = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
                                               keep_frames=True, render=False)
         initials.append(initial)
         states.append(np.stack([o["observation.state"] for o in kept]))
@@ -85,17 +85,17 @@ def real_traces(cfg: ExpertTraceConfig, model: VideoDiT) -> tuple[list[dict], np
 
 
 def imagined_traces(cfg: ExpertTraceConfig, model: VideoDiT, initials: list[dict]) -> np.ndarray:
-    """The expert in the world model from the same first observations, all episodes in one batch: -> (E, F, S)."""
+    """The traced policy in the world model from the same first observations, all episodes in one batch: -> (E, F, S)."""
     keys, E = list(model.cfg.camera_keys), len(initials)
     world = WorldModel(model, cfg.sampler, batch_size=E, device="cpu", seed=cfg.seed)
     env = ImaginedVectorEnv(world, StateDistanceJudge.for_task(cfg.task), cfg.max_episode_steps, task=cfg.task)
     obs, _ = env.reset(options={"observations": {k: np.stack([i[k] for i in initials])
                                                  for k in keys + ["observation.state"]}})
-    expert = make_family(cfg.task, names=[cfg.policy])[0]  # acts on a batch
-    expert.reset(seed=cfg.seed)
+    policy = make_family(cfg.task, names=[cfg.policy])[0]  # acts on a batch
+    policy.reset(seed=cfg.seed)
     states = [obs["observation.state"].copy()]
     for t in tqdm(range(cfg.max_episode_steps), desc="imagined steps", unit="step"):
-        obs, *_ = env.step(expert.select_action(obs))
+        obs, *_ = env.step(policy.select_action(obs))
         if (t + 1) % model.cfg.frame_stride == 0:
             states.append(obs["observation.state"].copy())
     return np.stack(states, 1)
@@ -107,8 +107,8 @@ def report_lines(cfg: ExpertTraceConfig, result: dict) -> list[str]:
              f"{cfg.seed + cfg.episodes - 1}, closed loop in MetaWorld and in the world model from the same first "
              "observation (in imagination the policy reads the predicted state). Per episode, cm.", "",
              "| episode | lowest hand z, real / imagined | object travel, real / imagined | final object-goal, "
-             "real / imagined | final object-goal in 3D, real / imagined | hand-object in the plane at the lowest, real / imagined | object z at the lowest, "
-             "real / imagined |",
+             "real / imagined | final object-goal in 3D, real / imagined | hand-object in the plane at the lowest, "
+             "real / imagined | object z at the lowest, real / imagined |",
              "| ---: | --- | --- | --- | --- | --- | --- |"]
     real, imagined = result["real"], result["imagined"]
     for e in range(cfg.episodes):
