@@ -122,3 +122,23 @@ def test_a_hard_kill_keeps_every_committed_episode_and_the_rerun_completes(tmp_p
     finished = LeRobotDataset("test/tiny", root=root)
     assert finished.meta.total_episodes == 8 and len(finished) == 96
     assert not (tmp_path / "ds.recording").exists() and not (tmp_path / "ds.old").exists()
+
+
+def test_an_aimed_push_takes_the_puck_to_the_aimed_point_not_the_goal():
+    from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv
+
+    offsets = np.stack([record_module.aim_offset(np.random.default_rng([s, 2]), 0.1) for s in range(200)])
+    assert np.all(np.linalg.norm(offsets[:, :2], axis=1) <= 0.1) and np.all(offsets[:, 2] == 0)
+    assert np.ptp(offsets[:, 0]) > 0.15 and np.ptp(offsets[:, 1]) > 0.15  # the whole disc, both directions
+
+    seed = 4  # aims 7.7 cm off; the plain expert gets this puck to the goal (on seed 2 it lifts it instead)
+    assert np.linalg.norm(offsets[seed]) > 0.07
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=[], max_episode_steps=200))
+    aimed = record_module.rollout_episode(env, seed, 0.0, 0.0, aim_offset_m=0.1)
+    plain = record_module.rollout_episode(env, seed, 0.0, 0.0)
+    env.close()
+    goal = plain["observation.state"][-1, record_module.GOAL_SLICE]
+    plain_puck, aimed_puck = plain["observation.state"][-1, 4:7], aimed["observation.state"][-1, 4:7]
+    assert np.linalg.norm(plain_puck[:2] - goal[:2]) < 0.03  # the expert brings it to the goal
+    assert np.linalg.norm(aimed_puck[:2] - (goal + offsets[seed])[:2]) < 0.03  # aimed: to the aimed point
+    assert np.linalg.norm(aimed_puck[:2] - goal[:2]) > 0.05

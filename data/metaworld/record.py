@@ -46,6 +46,11 @@ class RecordConfig:
     # horizons and revisits; a share of short ones teaches the model free arm motion. None: no tours.
     tour_after: int | None = None
     tour_prob: float = 1.0
+    # Aimed pushes: the expert aims at a point drawn uniformly within this many metres of the goal in the
+    # table's plane, for the whole episode, so the object's path and resting place are not tied to the goal
+    # (with the goal always the target, a model can learn "the puck stops at the goal" instead of "the puck
+    # goes where the hand takes it"). 0: the expert aims at the goal.
+    aim_offset_m: float = 0.0
 
 
 def dataset_features(env_cfg: MetaWorldConfig) -> dict:
@@ -111,8 +116,18 @@ class WaypointTour:
         return np.concatenate([np.clip(self.gain * delta, -1, 1), [self.grip]]).astype(np.float32)
 
 
+# Where MetaWorld v3's (goal-observable) state holds the goal position; the expert steers by it.
+GOAL_SLICE = slice(36, 39)
+
+
+def aim_offset(rng: np.random.Generator, radius_m: float) -> np.ndarray:
+    """A point uniform in the disc of `radius_m` in the table's plane (x, y), as an offset to the goal."""
+    r, angle = radius_m * np.sqrt(rng.random()), rng.uniform(0.0, 2.0 * np.pi)
+    return np.array([r * np.cos(angle), r * np.sin(angle), 0.0])
+
+
 def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: float,
-                    tour_after: int | None = None, tour_prob: float = 1.0) -> dict:
+                    tour_after: int | None = None, tour_prob: float = 1.0, aim_offset_m: float = 0.0) -> dict:
     """One scripted-expert episode (optionally ending in a waypoint tour) with this episode's own noise;
     returns stacked per-step arrays."""
     from worldmodel.envs.metaworld import expert_policy_for
@@ -126,6 +141,7 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
     tour_rng = np.random.default_rng([episode_seed, 1])
     tour_start = tour_after if tour_after is not None and tour_rng.random() < tour_prob else None
     tour = WaypointTour(tour_rng)
+    aim = aim_offset(np.random.default_rng([episode_seed, 2]), aim_offset_m)  # own generator, like the tour's
     expert = expert_policy_for(env.config.task)
 
     obs, _ = env.reset(seed=episode_seed)
@@ -138,7 +154,9 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
             # Tours are for motion, not for the task: lighter noise, no bias.
             action[:3] += rng.normal(0.0, 0.1 * noise_std, size=3).astype(np.float32)
         else:
-            action = expert.get_action(state).astype(np.float32)
+            aimed_state = state.copy()
+            aimed_state[GOAL_SLICE] += aim
+            action = expert.get_action(aimed_state).astype(np.float32)
             if step < bias_steps:
                 action[:3] += bias
             action += rng.normal(0.0, noise_std, size=action.shape).astype(np.float32)
@@ -212,7 +230,7 @@ def record(cfg: RecordConfig) -> Path:
         print(f"{cfg.root}: already holds {start} episodes, nothing to record")
         return root
 
-    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob)
+    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob, cfg.aim_offset_m)
             for i in range(start, cfg.episodes)]
     workers = cfg.workers or max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
     task = task_sentence(cfg.env.task)
