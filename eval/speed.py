@@ -2,8 +2,8 @@
 
     python -m eval.speed                    # writes eval/results/speed_<cpu|gpu>.json and .md
 
-One model (a preset with random weights: speed does not depend on the weights) shaped like the embedded
-default (3 views, 64 px, pixel codec, frame_stride 4), one sampler setting. Reported:
+One model, a world-model folder's (--model) or a preset with random weights shaped like the embedded default
+(3 views, 64 px, pixel codec, frame_stride 4; speed does not depend on the weights), one sampler setting. Reported:
   frames_per_s       per mode, one rollout, over `short_horizon` frames
   per_frame_s_at_N   rolling + cache: time per frame of the call holding frame N (frames 49-64 and
                      497-512 with 16-frame calls) of one long rollout: flat when the cache is bounded;
@@ -23,13 +23,16 @@ import torch
 
 from eval.report import write_result
 from worldmodel.memory import MemoryConfig
-from worldmodel.model import build_config, make_model
+from worldmodel.model import VideoDiT, build_config, check_folder_kind, make_model
 from worldmodel.sampler import SamplerConfig, StreamingSampler
 
 
 @dataclass
 class SpeedBenchConfig:
     preset: str = "tiny"
+    # A world-model folder (e.g. pretrained/metaworld_push/tiny): time that network, its own config and weights, in
+    # fp32. None: the preset with random weights (the time does not depend on the weights, only on the shapes).
+    model: str | None = None
     image_size: int = 64
     views: int = 3
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
@@ -67,17 +70,38 @@ def new_sampler(model, config: SamplerConfig, batch: int, device, use_cache=True
     return sampler
 
 
+def command(cfg: SpeedBenchConfig) -> str:
+    """The command line that reproduces this run (the flags that differ from the defaults)."""
+    defaults = SpeedBenchConfig()
+    flags = [f"--model={cfg.model}"] if cfg.model else [f"--preset={cfg.preset}"]
+    for name in ("short_horizon", "long_horizon", "naive_horizon", "call_frames", "batched_frames", "batch_sizes"):
+        if getattr(cfg, name) != getattr(defaults, name):
+            flags.append(f"--{name}={getattr(cfg, name)}".replace(" ", ""))
+    return " ".join(["python -m eval.speed", *flags])
+
+
+def timed_model(cfg: SpeedBenchConfig) -> VideoDiT:
+    """The network to time: a model folder's (checked before any work), or the preset's with random weights."""
+    if cfg.model is not None:
+        check_folder_kind(cfg.model, "VideoDiT")
+        model = VideoDiT.from_pretrained(cfg.model).float()
+        cfg.preset, cfg.views, cfg.image_size = model.cfg.preset, model.cfg.num_views, model.cfg.image_size
+        return model
+    model_cfg = build_config(cfg.preset, num_views=cfg.views, latent_size=cfg.image_size, image_size=cfg.image_size)
+    model = make_model(model_cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
 def main() -> None:
     import draccus
 
     cfg = draccus.parse(SpeedBenchConfig)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model_cfg = build_config(cfg.preset, num_views=cfg.views, latent_size=cfg.image_size, image_size=cfg.image_size)
-    model = make_model(model_cfg).to(device).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    model = timed_model(cfg).to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     s = cfg.sampler
     chunk_cfg = SamplerConfig(**{**asdict(s), "rolling": False, "window": 1, "memory": s.memory})
@@ -135,10 +159,11 @@ def main() -> None:
               "parameters": sum(p.numel() for p in model.parameters()), "image_size": cfg.image_size,
               "views": cfg.views, "sampler": asdict(s), "short_horizon": cfg.short_horizon,
               "long_horizon": cfg.long_horizon, "naive_horizon": cfg.naive_horizon, "call_frames": cfg.call_frames,
-              "command": "python -m eval.speed", **results}
+              "model": cfg.model, "command": command(cfg), **results}
     fps = results["frames_per_s"]
+    timed = f"`{cfg.model}` ({cfg.preset})" if cfg.model else f"`{cfg.preset}` preset with random weights"
     md = [f"# Streaming speed ({device_name})", "",
-          f"`{cfg.preset}` preset, {cfg.views} views x {cfg.image_size} px, S={s.steps} steps, W={s.window}, "
+          f"{timed}, {cfg.views} views x {cfg.image_size} px, S={s.steps} steps, W={s.window}, "
           f"sink {s.sink_frames}, recent {s.recent_frames}, memory k={s.memory.k} of {s.memory.capacity}.", "",
           "| mode | frames/s (1 rollout) |", "| --- | ---: |",
           f"| rolling + cache | {fps['rolling_cache']:.2f} |", f"| chunk-autoregressive + cache | {fps['chunk_cache']:.2f} |",
