@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldmodel.envs.metaworld import expert_policy_for
+from worldmodel.envs.metaworld import GOAL_SLICE, expert_policy_for
 
 
 @dataclass
@@ -49,7 +49,7 @@ class DegradedExpert:
         if state.ndim == 1:
             state = state[None]
         state = state.copy()
-        state[:, 36:39] += np.asarray(d.goal_bias)  # aim at the wrong place
+        state[:, GOAL_SLICE] += np.asarray(d.goal_bias)  # aim at the wrong place
         actions = np.stack([self.expert.get_action(s) for s in state]).astype(np.float32)
         if d.latency > 0:
             if self.history is None or len(self.history[0]) != len(actions):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from worldmodel.envs.metaworld import ACTION_NAMES, CONTROL_FPS, STATE_DIM, STATE_NAMES, MetaWorldConfig
+from worldmodel.envs.metaworld import ACTION_NAMES, CONTROL_FPS, GOAL_SLICE, STATE_DIM, STATE_NAMES, MetaWorldConfig
 from worldmodel.recording import CommittedDataset
 
 
@@ -114,10 +114,6 @@ class WaypointTour:
                 self._next_target()
                 delta = self.target - state[:3]
         return np.concatenate([np.clip(self.gain * delta, -1, 1), [self.grip]]).astype(np.float32)
-
-
-# Where MetaWorld v3's (goal-observable) state holds the goal position; the expert steers by it.
-GOAL_SLICE = slice(36, 39)
 
 
 def aim_offset(rng: np.random.Generator, radius_m: float) -> np.ndarray:

@@ -30,6 +30,7 @@ from worldmodel.envs.spaces import action_space, observation_space
 
 STATE_DIM = 39
 POSE_SLICE = slice(0, 4)  # hand xyz + gripper opening
+GOAL_SLICE = slice(36, 39)  # the goal position; MetaWorld's scripted experts steer by it
 STATE_NAMES = (
     ["hand_x", "hand_y", "hand_z", "gripper"]
     + ["obj_x", "obj_y", "obj_z", "obj_qw", "obj_qx", "obj_qy", "obj_qz"]
@@ -49,7 +50,7 @@ class StateSuccessRule:
     """A task's success read off the state vector: state[point] + offset within `threshold` m of state[goal]."""
 
     point: tuple[int, ...]
-    goal: tuple[int, ...] = (36, 37, 38)
+    goal: tuple[int, ...] = tuple(range(GOAL_SLICE.start, GOAL_SLICE.stop))
     threshold: float = 0.05
     offset: tuple[float, ...] = (0.0, 0.0, 0.0)
 
