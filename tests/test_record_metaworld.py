@@ -142,3 +142,21 @@ def test_an_aimed_push_takes_the_puck_to_the_aimed_point_not_the_goal():
     assert np.linalg.norm(plain_puck[:2] - goal[:2]) < 0.03  # the expert brings it to the goal
     assert np.linalg.norm(aimed_puck[:2] - (goal + offsets[seed])[:2]) < 0.03  # aimed: to the aimed point
     assert np.linalg.norm(aimed_puck[:2] - goal[:2]) > 0.05
+
+
+def test_a_delayed_push_acts_on_the_state_from_delay_steps_before():
+    from worldmodel.envs.metaworld import MetaWorldConfig, MetaWorldMultiViewEnv, expert_policy_for
+
+    delays = [int(np.random.default_rng([s, 3]).integers(1, 9)) for s in range(100)]
+    assert set(delays) == set(range(1, 9))  # every delay in 1..delay_max_steps is drawn
+    seed = 1
+    env = MetaWorldMultiViewEnv(MetaWorldConfig(cameras=[], max_episode_steps=60))
+    delayed = record_module.rollout_episode(env, seed, 0.0, 0.0, delay_max_steps=8)
+    plain = record_module.rollout_episode(env, seed, 0.0, 0.0)
+    env.close()
+    expert, d = expert_policy_for("push-v3"), delays[seed]
+    states = delayed["observation.state"].astype(np.float64)
+    for t in range(60):
+        want = np.clip(expert.get_action(states[max(0, t - d)]), -1.0, 1.0)
+        np.testing.assert_allclose(delayed["action"][t], want, atol=1e-6)
+    assert np.abs(delayed["action"] - plain["action"]).max() > 0.1  # the delay changes what the expert does

@@ -51,6 +51,11 @@ class RecordConfig:
     # (with the goal always the target, a model can learn "the puck stops at the goal" instead of "the puck
     # goes where the hand takes it"). 0: the expert aims at the goal.
     aim_offset_m: float = 0.0
+    # Delayed pushes: the expert acts on the state from d steps before, d drawn per episode uniformly in
+    # 1..delay_max_steps. Control delays are common on real robots, and a delayed expert lands the hand off the
+    # object's centre, presses on it, drags it and lands again: contacts that prompt pushes rarely show, and that
+    # a policy under evaluation may well make. 0: no delay.
+    delay_max_steps: int = 0
 
 
 def dataset_features(env_cfg: MetaWorldConfig) -> dict:
@@ -123,7 +128,8 @@ def aim_offset(rng: np.random.Generator, radius_m: float) -> np.ndarray:
 
 
 def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: float,
-                    tour_after: int | None = None, tour_prob: float = 1.0, aim_offset_m: float = 0.0) -> dict:
+                    tour_after: int | None = None, tour_prob: float = 1.0, aim_offset_m: float = 0.0,
+                    delay_max_steps: int = 0) -> dict:
     """One scripted-expert episode (optionally ending in a waypoint tour) with this episode's own noise;
     returns stacked per-step arrays."""
     from worldmodel.envs.metaworld import expert_policy_for
@@ -138,19 +144,21 @@ def rollout_episode(env, episode_seed: int, action_noise: float, perturb_prob: f
     tour_start = tour_after if tour_after is not None and tour_rng.random() < tour_prob else None
     tour = WaypointTour(tour_rng)
     aim = aim_offset(np.random.default_rng([episode_seed, 2]), aim_offset_m)  # own generator, like the tour's
+    delay = int(np.random.default_rng([episode_seed, 3]).integers(1, delay_max_steps + 1)) if delay_max_steps else 0
     expert = expert_policy_for(env.config.task)
 
     obs, _ = env.reset(seed=episode_seed)
     frames = {k: [] for k in obs}
-    actions, rewards, successes = [], [], []
+    actions, rewards, successes, seen_states = [], [], [], []
     for step in range(env.config.max_episode_steps):
         state = obs["observation.state"].astype(np.float64)
+        seen_states.append(state)
         if tour_start is not None and step >= tour_start:
             action = tour.get_action(state)
             # Tours are for motion, not for the task: lighter noise, no bias.
             action[:3] += rng.normal(0.0, 0.1 * noise_std, size=3).astype(np.float32)
         else:
-            aimed_state = state.copy()
+            aimed_state = seen_states[max(0, step - delay)].copy()  # the state `delay` steps ago
             aimed_state[GOAL_SLICE] += aim
             action = expert.get_action(aimed_state).astype(np.float32)
             if step < bias_steps:
@@ -226,8 +234,8 @@ def record(cfg: RecordConfig) -> Path:
         print(f"{cfg.root}: already holds {start} episodes, nothing to record")
         return root
 
-    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob, cfg.aim_offset_m)
-            for i in range(start, cfg.episodes)]
+    jobs = [(cfg.seed + i, cfg.action_noise, cfg.perturb_prob, cfg.tour_after, cfg.tour_prob, cfg.aim_offset_m,
+             cfg.delay_max_steps) for i in range(start, cfg.episodes)]
     workers = cfg.workers or max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
     task = task_sentence(cfg.env.task)
 
