@@ -88,18 +88,22 @@ def judge_frames(observations: list[dict], keys: list[str], k: int):
     return frames.permute(0, 1, 4, 2, 3)[None], states[None]
 
 
-def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool, render: bool = True):
+def real_episode(env, policy, seed: int, steps: int, stride: int, keep_frames: bool, render: bool = True,
+                 hold_steps: int = 1):
     """One real episode; observations kept every `stride` steps (what the world model would draw). The
     family's policies read the state, so the cameras are rendered only for the kept steps (and never with
-    render=False: only the outcome is wanted). -> initial observation, kept observations, the simulator's success
-    flag at every kept frame, reward sum and max."""
+    render=False: only the outcome is wanted). The policy reads a fresh observation every `hold_steps` steps and
+    the last one in between (`stride`: the loop imagination runs). -> initial observation, kept observations, the
+    simulator's success flag at every kept frame, reward sum and max."""
     obs, _ = env.reset(seed=seed)
     policy.reset(seed=seed)
-    initial, kept, flags = obs, [obs], []
+    initial, kept, flags, seen = obs, [obs], [], obs
     reward_sum, reward_max = 0.0, -np.inf
     for t in range(steps):
+        if t % hold_steps == 0:
+            seen = obs
         step = env.step if render and (t + 1) % stride == 0 else env.step_state_only
-        obs, reward, _, _, info = step(policy.select_action(obs)[0])
+        obs, reward, _, _, info = step(policy.select_action(seen)[0])
         reward_sum, reward_max = reward_sum + reward, max(reward_max, reward)
         if (t + 1) % stride == 0:
             kept.append(obs)
@@ -170,7 +174,13 @@ def run_real_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, vide
         initial, kept, flags, rsum, rmax = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
                                                         keep_frames=e < cfg.videos_per_policy)
         frames, states = judge_frames(kept, keys, judge_window(judge))
+        # The same episode with the policy reading an observation once per world-model frame, as in imagination:
+        # the reference that leaves out what the frame rate alone changes (eval.observation_rate).
+        _, _, held_flags, _, _ = real_episode(env, make_family(cfg.task, names=[name])[0], cfg.seed + e,
+                                              cfg.max_episode_steps, stride, keep_frames=False, render=False,
+                                              hold_steps=stride)
         real[(name, e)] = {"initial": initial, "success": bool(cfg.success(flags)), "success_frames": flags,
+                           "success_same_loop": bool(cfg.success(held_flags)),
                            "reward_sum": rsum, "reward_max": rmax,
                            "judge_on_real": bool(torch.as_tensor(judge(frames, states, cfg.task))[0] >= 0.5)}
         if e < cfg.videos_per_policy:
@@ -229,6 +239,7 @@ def run_imagined_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, 
         for row, (name, e) in enumerate(batch):
             r = real[(name, e)]
             record = {"policy": name, "episode": e, "seed": cfg.seed + e, "real_success": r["success"],
+                      "real_success_same_loop": r["success_same_loop"],
                       "imagined_success": bool(cfg.success(judged[row])),
                       "imagined_success_probability": float(info["success_probability"][row]),
                       "state_rule_on_imagined": bool(cfg.success(state_rule[row])),
@@ -271,8 +282,29 @@ def summarize(cfg: RankConfig, names: list, done: dict) -> tuple[list, dict]:
         "state_rule": {"pearson": state_rule["pearson"], "spearman": state_rule["spearman"], "mmrv": state_rule["mmrv"],
                        "episode_agreement": float(np.mean([r["state_rule_on_imagined"] == r["real_success"]
                                                            for r in records]))},
+        "same_loop": same_loop_summary(cfg, names, done),
     }
+    for row in rows:
+        row["real_success_same_loop"] = (float(np.mean([done[(row["name"], e)]["real_success_same_loop"]
+                                                        for e in range(cfg.episodes)]))
+                                         if summary["same_loop"] else None)
     return rows, summary
+
+
+def same_loop_summary(cfg: RankConfig, names: list, done: dict) -> dict | None:
+    """The imagined outcomes scored against real episodes run in imagination's loop (an observation per frame):
+    the world model's own part of the gap. None when some records come from a run before this reference."""
+    records = [done[(n, e)] for n in names for e in range(cfg.episodes)]
+    if not all("real_success_same_loop" in r for r in records):
+        return None
+    real = [[done[(n, e)]["real_success_same_loop"] for e in range(cfg.episodes)] for n in names]
+    summary = {}
+    for key, name in (("imagined_success", "judge"), ("state_rule_on_imagined", "state_rule")):
+        imagined = [[done[(n, e)][key] for e in range(cfg.episodes)] for n in names]
+        metrics = bootstrap_ranking_metrics(real, imagined, n_boot=cfg.n_boot)
+        summary[name] = {"pearson": metrics["pearson"], "spearman": metrics["spearman"], "mmrv": metrics["mmrv"],
+                         "episode_agreement": float(np.mean([r[key] == r["real_success_same_loop"] for r in records]))}
+    return summary
 
 
 def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tuple[list[str], list[str]]:
@@ -294,11 +326,25 @@ def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tupl
                f"With the success rule on the predicted state instead of the judge: Pearson r {fmt(sr['pearson'])}, "
                f"Spearman rho {fmt(sr['spearman'])}, MMRV {fmt(sr['mmrv'])}; imagined and real twins end alike "
                f"{sr['episode_agreement']:.2f} of the time."]
+    same = result["same_loop"]
+    if same:
+        summary.append(
+            "Against real episodes in imagination's loop (the policy reads an observation once per world-model frame, "
+            "eval.observation_rate): by the judge Pearson r " + fmt(same["judge"]["pearson"]) + ", Spearman rho "
+            + fmt(same["judge"]["spearman"]) + ", MMRV " + fmt(same["judge"]["mmrv"]) + f", twins end alike "
+            f"{same['judge']['episode_agreement']:.2f}; by the state rule Pearson r {fmt(same['state_rule']['pearson'])}"
+            f", Spearman rho {fmt(same['state_rule']['spearman'])}, MMRV {fmt(same['state_rule']['mmrv'])}, twins "
+            f"end alike {same['state_rule']['episode_agreement']:.2f}.")
+        table[0] = table[0].replace("| real success |", "| real success | real, imagination's loop |")
+        table[1] = "| --- | ---: | ---: | ---: | ---: | ---: |"
+        table[2:] = [f"| {r['name']} | {r['real_success']:.2f} | {r['real_success_same_loop']:.2f} | "
+                     f"{r['imagined_success']:.2f} | {r['imagined_success_state_rule']:.2f} | "
+                     f"{r['judge_agreement']:.2f} |" for r in rows]
     page = ([f"# Policy ranking in imagination: {cfg.run}", "", f"Model `{cfg.model}`, judge: {judge_name}. "
              f"Success rule, for real and imagined episodes alike: {cfg.success.describe()} (one flag per "
              "world-model frame: the simulator's for real episodes, the judge's or the state rule's for imagined ones).",
              ""]
-            + table + [""] + [summary[0], "", summary[1], "", f"`{result['command']}`"])
+            + table + [""] + [line for sentence in summary for line in (sentence, "")] + [f"`{result['command']}`"])
     return page, summary
 
 
@@ -344,7 +390,7 @@ def write_report(path: Path, cfg: RankConfig, judge_name: str, keys: list, rows:
 figure{{display:inline-block;margin:8px}}</style></head><body>
 <h1>Policy ranking in imagination ({cfg.run})</h1><p>Model <code>{cfg.model}</code>; judge: {judge_name};
 success rule (real and imagined alike): {cfg.success.describe()};
-{cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p><p>{summary[0]}</p><p>{summary[1]}</p>
+{cfg.episodes} episodes per policy of {cfg.max_episode_steps} steps.</p>{''.join(f'<p>{sentence}</p>' for sentence in summary)}
 {scatter_svg(rows)}<table><tr><th>policy</th><th>real</th><th>imagined</th><th>judge agreement</th></tr>{html_table}
 </table><h2>Real vs imagined</h2>{''.join(clips)}</body></html>""")
 

@@ -29,6 +29,10 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
     assert {g["task_group"] for g in info["per_task"]} == {"expert", "random"}
     assert info["overall"]["n_episodes"] == 4 and "pc_success" in info["per_group"]["expert"]
     assert (tmp_path / "results" / "rank_tiny.md").exists()
+    # The second reference: real episodes in imagination's loop, scored like the first.
+    assert set(saved["same_loop"]) == {"judge", "state_rule"} and "episode_agreement" in saved["same_loop"]["judge"]
+    assert all(p["real_success_same_loop"] is not None for p in saved["policies"])
+    assert "imagination's loop" in (tmp_path / "results" / "rank_tiny.md").read_text()
 
     # Same seed -> same results.
     again = rank(config(tiny_world_model_dir, tmp_path / "again"))
@@ -62,6 +66,12 @@ def test_rank_end_to_end_reproducible_and_resumable(tiny_world_model_dir, tmp_pa
         assert r["state_rule_on_imagined"] == bool(rule(r["state_rule_frames"]))
     assert "final frame succeeded" in (tmp_path / "results" / "rank_tiny.md").read_text()
     assert saved["success_rule"]["last_frames"] == 1
+
+    # Records from a run before the same-loop reference: resumed, the report leaves that reference out.
+    (tmp_path / "out" / "episodes.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "real_success_same_loop"}) + "\n" for r in records))
+    older = rank(config(tiny_world_model_dir, tmp_path, resume=True))
+    assert older["same_loop"] is None and older["policies"][0]["real_success_same_loop"] is None
 
 
 def test_a_hard_kill_of_rank_keeps_finished_pairs_and_the_resumed_run_completes(tiny_world_model_dir, tmp_path):
