@@ -308,15 +308,19 @@ def same_loop_summary(cfg: RankConfig, names: list, done: dict) -> dict | None:
 
 
 def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tuple[list[str], list[str]]:
-    """The results table and the two summary sentences (judge, state rule)."""
+    """The results table and the summary sentences (judge, state rule, and the same-loop reference if measured)."""
     def fmt(m):
         return f"{m['value']:.3f} [{m['interval'][0]:.3f}, {m['interval'][1]:.3f}]" if m["interval"] else f"{m['value']}"
 
-    sr = result["state_rule"]
-    table = ["| policy | real success | imagined success (judge) | imagined success (state rule) | judge agreement (real) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    table += [f"| {r['name']} | {r['real_success']:.2f} | {r['imagined_success']:.2f} | "
-              f"{r['imagined_success_state_rule']:.2f} | {r['judge_agreement']:.2f} |" for r in rows]
+    sr, same = result["state_rule"], result["same_loop"]
+    columns = [("real success", "real_success")] + ([("real, imagination's loop", "real_success_same_loop")] if same
+                                                     else [])
+    columns += [("imagined success (judge)", "imagined_success"),
+                ("imagined success (state rule)", "imagined_success_state_rule"),
+                ("judge agreement (real)", "judge_agreement")]
+    table = ["| policy | " + " | ".join(title for title, _ in columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
+    table += ["| " + " | ".join([r["name"]] + [f"{r[key]:.2f}" for _, key in columns]) + " |" for r in rows]
     summary = [f"Pearson r {fmt(result['pearson'])}, Spearman rho {fmt(result['spearman'])}, "
                f"MMRV {fmt(result['mmrv'])} (95% bootstrap intervals over episodes); judge accuracy on real "
                f"episodes {result['judge_accuracy']:.2f}; on imagined episodes the judge agrees with the success "
@@ -326,7 +330,6 @@ def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tupl
                f"With the success rule on the predicted state instead of the judge: Pearson r {fmt(sr['pearson'])}, "
                f"Spearman rho {fmt(sr['spearman'])}, MMRV {fmt(sr['mmrv'])}; imagined and real twins end alike "
                f"{sr['episode_agreement']:.2f} of the time."]
-    same = result["same_loop"]
     if same:
         summary.append(
             "Against real episodes in imagination's loop (the policy reads an observation once per world-model frame, "
@@ -335,11 +338,6 @@ def markdown(cfg: RankConfig, judge_name: str, rows: list, result: dict) -> tupl
             f"{same['judge']['episode_agreement']:.2f}; by the state rule Pearson r {fmt(same['state_rule']['pearson'])}"
             f", Spearman rho {fmt(same['state_rule']['spearman'])}, MMRV {fmt(same['state_rule']['mmrv'])}, twins "
             f"end alike {same['state_rule']['episode_agreement']:.2f}.")
-        table[0] = table[0].replace("| real success |", "| real success | real, imagination's loop |")
-        table[1] = "| --- | ---: | ---: | ---: | ---: | ---: |"
-        table[2:] = [f"| {r['name']} | {r['real_success']:.2f} | {r['real_success_same_loop']:.2f} | "
-                     f"{r['imagined_success']:.2f} | {r['imagined_success_state_rule']:.2f} | "
-                     f"{r['judge_agreement']:.2f} |" for r in rows]
     page = ([f"# Policy ranking in imagination: {cfg.run}", "", f"Model `{cfg.model}`, judge: {judge_name}. "
              f"Success rule, for real and imagined episodes alike: {cfg.success.describe()} (one flag per "
              "world-model frame: the simulator's for real episodes, the judge's or the state rule's for imagined ones).",
