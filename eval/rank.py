@@ -176,9 +176,8 @@ def run_real_episodes(cfg: RankConfig, model: VideoDiT, judge, pairs: list, vide
         frames, states = judge_frames(kept, keys, judge_window(judge))
         # The same episode with the policy reading an observation once per world-model frame, as in imagination:
         # the reference that leaves out what the frame rate alone changes (eval.observation_rate).
-        _, _, held_flags, _, _ = real_episode(env, make_family(cfg.task, names=[name])[0], cfg.seed + e,
-                                              cfg.max_episode_steps, stride, keep_frames=False, render=False,
-                                              hold_steps=stride)
+        _, _, held_flags, _, _ = real_episode(env, policy, cfg.seed + e, cfg.max_episode_steps, stride,
+                                              keep_frames=False, render=False, hold_steps=stride)
         real[(name, e)] = {"initial": initial, "success": bool(cfg.success(flags)), "success_frames": flags,
                            "success_same_loop": bool(cfg.success(held_flags)),
                            "reward_sum": rsum, "reward_max": rmax,
