@@ -208,6 +208,35 @@ def masked_mean(per_episode: dict, mask: np.ndarray) -> dict:
     return out
 
 
+def held_out_tours(dataset: DatasetConfig, episodes: int, model_cfg, horizon: int) -> ClipDataset:
+    """The first `episodes` episodes of a recorded dataset at the model's views, size and frame stride; a missing
+    dataset is named, with the command that records it, before any slow work."""
+    mc, root = model_cfg, Path(dataset.root)
+    if not (root / "meta" / "info.json").exists():
+        raise FileNotFoundError(
+            f"dataset.root={root}: no dataset. Record held-out long tours first, e.g. python -m data.metaworld.record "
+            f"--root={root} --repo_id={dataset.repo_id} --episodes={episodes} "
+            f"--env.max_episode_steps={horizon * mc.frame_stride + mc.frame_stride} --tour_after=120 --seed=1000000")
+    return ClipDataset(replace(dataset, camera_keys=list(mc.camera_keys), image_size=mc.image_size,
+                               frame_stride=mc.frame_stride, clip_frames=2, memory_frames=0,
+                               episodes=list(range(episodes))))
+
+
+def real_states(clips: ClipDataset, positions: list[int], horizon: int) -> np.ndarray:
+    """The real state at every imagined frame: (B, horizon, S), frame f (0-based) is `frame_stride * (f + 1)` env
+    steps after the episode's start."""
+    cache, stride = clips.cache, clips.cfg.frame_stride
+    return np.stack([cache.states[s + stride * np.arange(1, horizon + 1)] for s in cache.episode_start[positions]])
+
+
+def revisit_mask(real_state: np.ndarray, near: float, away: float, min_gap: int) -> np.ndarray:
+    """(B, horizon) bool: the imagined frames at which the real hand is back at a place it left (revisit_frames)."""
+    mask = np.zeros(real_state.shape[:2], dtype=bool)
+    for b, hand in enumerate(real_state[..., HAND]):
+        mask[b, revisit_frames(hand, near, away, min_gap)] = True
+    return mask
+
+
 def fidelity(cfg: FidelityConfig) -> dict:
     started = time.time()
     model = VideoDiT.from_pretrained(cfg.model)
@@ -216,15 +245,7 @@ def fidelity(cfg: FidelityConfig) -> dict:
     frames = [max(1, round(h * fps)) for h in cfg.horizons_s]
     horizon = max(frames)
     root = Path(cfg.dataset.root)
-    if not (root / "meta" / "info.json").exists():
-        raise FileNotFoundError(
-            f"dataset.root={root}: no dataset. Record held-out long tours first, e.g. python -m data.metaworld.record "
-            f"--root={root} --repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} "
-            f"--env.max_episode_steps={horizon * mc.frame_stride + mc.frame_stride} --tour_after=120 --seed=1000000")
-    dcfg = replace(cfg.dataset, camera_keys=list(mc.camera_keys), image_size=mc.image_size,
-                   frame_stride=mc.frame_stride, clip_frames=2, memory_frames=0,
-                   episodes=list(range(cfg.episodes)))
-    clips = ClipDataset(dcfg)
+    clips = held_out_tours(cfg.dataset, cfg.episodes, mc, horizon)
     positions = list(range(cfg.episodes))
     keys = list(mc.camera_keys)
 
@@ -241,13 +262,8 @@ def fidelity(cfg: FidelityConfig) -> dict:
         variants.update(state_baselines(cfg, mc, clips, positions, horizon))
 
     # The real state at every imagined frame (B, horizon, S): revisits, hand and object error.
-    cache = clips.cache
-    real_state = np.stack([cache.states[s + mc.frame_stride * np.arange(1, horizon + 1)]
-                           for s in cache.episode_start[positions]])
-    real_hand = real_state[..., HAND]
-    mask = np.zeros((len(positions), horizon), dtype=bool)
-    for b, hand in enumerate(real_hand):
-        mask[b, revisit_frames(hand, cfg.revisit_near, cfg.revisit_away, cfg.revisit_min_gap)] = True
+    real_state = real_states(clips, positions, horizon)
+    mask = revisit_mask(real_state, cfg.revisit_near, cfg.revisit_away, cfg.revisit_min_gap)
 
     result = {
         "run": cfg.run, "horizons_s": cfg.horizons_s, "horizons_frames": frames,

@@ -184,6 +184,24 @@ def test_memory_frames_come_from_earlier_in_the_episode_by_pose(tiny_dataset_roo
     torch.testing.assert_close(clips[len(clips) - 1]["memory_offset"], clips[len(clips) - 1]["memory_offset"])
 
 
+def test_a_memory_gap_keeps_memory_frames_out_of_the_frames_just_before_the_clip(tiny_dataset_root):
+    """memory_min_gap_frames: every pose-retrieved memory frame lies at least that many frames before the clip, as
+    the streaming sampler's do (it retrieves only from before its recent window), and the sink stays."""
+    gap = 4
+    clips = ClipDataset(config(tiny_dataset_root, memory_frames=3, memory_min_gap_frames=gap))
+    stride, retrieved = clips.cfg.frame_stride, 0
+    for index in range(len(clips)):
+        item = clips[index]
+        first, valid = int(item["step_index"][0]), item["memory_valid"]
+        assert bool(valid[0]) == (first > 0)
+        steps = (item["memory_offset"][1:][valid[1:]] * stride + first).round().long()
+        assert ((steps >= 1) & (steps <= first - gap * stride)).all()
+        retrieved += len(steps)
+    assert retrieved > 0
+    with pytest.raises(ValueError, match="memory_min_gap_frames"):
+        ClipDataset(config(tiny_dataset_root, memory_frames=3, memory_min_gap_frames=0))
+
+
 def test_a_missing_local_root_is_named_and_nothing_is_created_or_downloaded(tmp_path, monkeypatch):
     import socket
 

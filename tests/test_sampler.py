@@ -291,3 +291,29 @@ def test_a_frame_filter_replaces_what_is_committed_and_what_comes_after_reads_it
     filtered.frame_filter = None
     second, _ = filtered.rollout(actions(2)[:, 1:], torch.Generator().manual_seed(3))
     assert (second[:, 0] - plain_both[:, 1]).abs().mean() > 1e-3
+
+
+def test_a_memory_filter_changes_what_memory_holds_and_nothing_else(model):
+    """eval.memory_probe: the filter is told each committed frame's index, what it returns is what pose memory stores
+    (and so what is retrieved later), while the frames returned and cached stay the drawn ones."""
+    config = SamplerConfig(steps=2, window=2, recent_frames=3, memory=MemoryConfig(k=2, capacity=8))
+    plain, _ = run(start(model, config), 9)
+    seen = []
+
+    def constant(latents, state, step):
+        seen.append(step.clone())
+        return torch.full_like(latents, 0.5)
+
+    filtered = start(model, config)
+    filtered.memory_filter = constant
+    drawn, _ = run(filtered, 9)
+    assert torch.equal(torch.stack(seen)[:, 0], torch.arange(1, 10))  # the frames after the reset frame, in order
+    after_reset = filtered.memory.valid & (filtered.memory.step > 0)  # the reset frame came before the filter
+    assert bool(after_reset.any()) and bool((filtered.memory.latents[after_reset] == 0.5).all())
+    # Nothing differs while memory holds nothing retrievable (frames 1-4: sinks and recent only), then it does.
+    torch.testing.assert_close(drawn[:, :4], plain[:, :4], rtol=0, atol=0)
+    assert (drawn[:, -1] - plain[:, -1]).abs().max() > 1e-3
+    # The same filter that returns what it is given changes nothing at all.
+    identity = start(model, config)
+    identity.memory_filter = lambda latents, state, step: latents
+    torch.testing.assert_close(run(identity, 9)[0], plain, rtol=0, atol=0)

@@ -68,6 +68,12 @@ class DatasetConfig:
     # others are earlier frames of the same episode chosen by pose proximity to a frame of the clip, so
     # the model learns to use what the streaming sampler's pose memory will retrieve.
     memory_frames: int = 0
+    # The pose-retrieved memory frames (slots 1..) come from at least this many frames (of frame_stride steps) before
+    # the clip. 1: any earlier frame, and the nearest in pose is then nearly always one just before the clip (73% of
+    # them at most 2 frames back on the push set). The streaming sampler retrieves only from before its recent
+    # window (recent_frames + 1 frames back and more), so a larger gap trains memory on what it is used for: a view of
+    # the place seen long ago (eval/results/memory_probe_cpu_tiny.md).
+    memory_min_gap_frames: int = 1
     cache_dir: str | None = None  # None: $WORLDMODEL_CACHE or ~/.cache/worldmodel
     video_backend: str | None = None  # None: lerobot's default (torchcodec, else pyav)
 
@@ -288,6 +294,9 @@ class ClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"clip_frames: expected >= 1, got {cfg.clip_frames}")
         if cfg.image_size < 1:
             raise ValueError(f"image_size: expected a positive number of pixels, got {cfg.image_size}")
+        if cfg.memory_min_gap_frames < 1:
+            raise ValueError(f"memory_min_gap_frames: expected >= 1 (memory frames come before the clip), got "
+                             f"{cfg.memory_min_gap_frames}")
         self.lerobot_dataset = open_lerobot_dataset(cfg)
         meta = self.lerobot_dataset.meta
         features = meta.features
@@ -423,7 +432,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return sample
 
     def memory_for(self, start: int, first_step: int, clip_state: np.ndarray, seed: int) -> dict:
-        """Slot 0: the episode's first frame; the rest: frames at least one stride before the clip whose pose
+        """Slot 0: the episode's first frame; the rest: frames at least `memory_min_gap_frames` strides before the clip whose pose
         is nearest to the pose at a random frame of the clip (a random pick among the 2(M-1) nearest).
         Seeded by the clip, so a resumed run sees the same memory as an uninterrupted one."""
         cfg, cache = self.cfg, self.cache
@@ -433,7 +442,7 @@ class ClipDataset(torch.utils.data.Dataset):
         valid = np.zeros(M, dtype=bool)
         if first_step > 0:
             valid[0] = True  # the sink
-        candidates = np.arange(1, max(first_step - cfg.frame_stride + 1, 1))
+        candidates = np.arange(1, max(first_step - cfg.memory_min_gap_frames * cfg.frame_stride + 1, 1))
         if len(candidates) and M > 1:
             target = clip_state[rng.integers(len(clip_state)), cfg.pose_indices]
             poses = cache.states[start + candidates][:, cfg.pose_indices]

@@ -166,11 +166,12 @@ def recorded_frames(cache, starts, steps, view: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int) -> dict:
+def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int, keep_pictures: bool = False) -> dict:
     """Replay recorded actions open loop from each episode's first frame and compare every imagined frame
     with the real one: per view and per horizon (in world-model frames), mean PSNR and SSIM over episodes
     (`psnr`, `ssim`), and the same per episode (`psnr_per_episode`, `ssim_per_episode`: (B, horizon)).
-    `imagined_state` (B, horizon, S) is the state the model predicted for every frame.
+    `imagined_state` (B, horizon, S) is the state the model predicted for every frame; with keep_pictures,
+    `pictures` (B, horizon, V, H, W, 3) uint8 are the frames it drew.
 
     world: a `WorldModel` with batch_size == len(episode_positions); clips: a `ClipDataset` at the model's
     views, size and frame_stride (its cache holds the real frames and actions)."""
@@ -196,6 +197,8 @@ def open_loop_fidelity(world, clips, episode_positions: list[int], horizon: int)
         out["ssim"][key] = per_episode_ssim.mean(0).tolist()
         out["psnr_per_episode"][key] = per_episode_psnr.numpy()
         out["ssim_per_episode"][key] = per_episode_ssim.numpy()
+    if keep_pictures:
+        out["pictures"] = np.stack([imagined[key].cpu().numpy() for key in keys], axis=2)
     return out
 
 

@@ -109,6 +109,10 @@ class StreamingSampler:
         # same, changed. None: frames are committed as drawn. For teacher forcing: eval.picture_swap puts the real
         # pictures of some views in place of the drawn ones, to see which part of its own output a rollout stalls on.
         self.frame_filter = None
+        # Called on every committed frame before the pose memory stores it: (latents (B, V, C, H, W), raw state (B, S),
+        # frame index (B,)) -> the latents to store. None: memory stores what was committed. For eval.memory_probe:
+        # a memory of the real pictures (what a perfect memory would give) or of another episode's (is it read?).
+        self.memory_filter = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def cache_frames(self) -> int:
@@ -225,7 +229,8 @@ class StreamingSampler:
             self.recent_step[rows[to_recent], recent_slot[to_recent]] = step[to_recent]
             self.recent_valid[rows[to_recent], recent_slot[to_recent]] = True
         if cfg.memory.k > 0 and self.use_cache:
-            self.memory.store(latents, state, state[:, self.pose_indices], step, active=active)
+            stored = latents if self.memory_filter is None else self.memory_filter(latents, state, step)
+            self.memory.store(stored, state, state[:, self.pose_indices], step, active=active)
         if self.model.cfg.condition_on_command:
             moved = rollout_commands(self.model, self.command, actions[:, None])[:, 0]
             self.command = torch.where(active[:, None], moved, self.command)

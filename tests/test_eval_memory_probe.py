@@ -1,0 +1,72 @@
+"""eval.memory_probe on a tiny recording: every memory content, the copied retrieved frame, the report."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from eval.memory_probe import MemoryProbeConfig, copy_retrieved, memory_probe
+from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.memory import MemoryConfig
+from worldmodel.model import VideoDiT
+from worldmodel.sampler import SamplerConfig
+
+
+def probe_config(model_dir, root, tmp_path, k=2) -> MemoryProbeConfig:
+    # 40-step episodes are 10 frames: every frame at least 4 after a place counts as a revisit here.
+    return MemoryProbeConfig(model=str(model_dir), dataset=DatasetConfig(root=str(root), repo_id="test/tiny"),
+                             episodes=2, horizon_s=0.4, sampler=SamplerConfig(steps=2, window=2, recent_frames=2,
+                                                                              memory=MemoryConfig(k=k, capacity=8)),
+                             revisit_near=1.0, revisit_away=0.0, revisit_min_gap=4, run="tiny",
+                             results_dir=str(tmp_path), device="cpu")
+
+
+def test_each_memory_content_changes_the_pictures_and_only_through_memory(tiny_world_model_dir, tiny_dataset_root,
+                                                                          tmp_path):
+    result = memory_probe(probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path))
+    assert set(result["on_revisits"]) == {"full", "no_memory", "memory_real", "memory_wrong", "copy_retrieved",
+                                          "copy_first"}
+    assert result["revisit"]["frames"] > 0
+    change = result["picture_change_vs_no_memory"]
+    # A random network reads whatever memory holds: drawn, real and another episode's frames all change its pictures,
+    # and differently (the real and the wrong memory are not the drawn one).
+    assert all(change[name]["revisits"] > 0 for name in ("full", "memory_real", "memory_wrong"))
+    psnr = {name: r["psnr"]["mean_over_views"] for name, r in result["on_revisits"].items()}
+    assert len({psnr["full"], psnr["memory_real"], psnr["memory_wrong"]}) == 3
+    assert result["retrieval"]["full"]["frames"] > 0
+    saved = json.loads((tmp_path / "memory_probe_tiny.json").read_text())
+    assert saved["on_revisits"]["full"] == result["on_revisits"]["full"]
+    assert "| memory_real |" in (tmp_path / "memory_probe_tiny.md").read_text()
+    # Without memory (k = 0) no memory content can change anything: the probe measures memory and nothing else.
+    blind = memory_probe(probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path, k=0))
+    assert all(blind["picture_change_vs_no_memory"][name]["all_frames"] == 0
+               for name in ("full", "memory_real", "memory_wrong"))
+
+
+def test_copy_retrieved_copies_the_real_frame_nearest_in_pose_outside_the_recent_window(tiny_world_model_dir,
+                                                                                        tiny_dataset_root, tmp_path):
+    cfg = probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path)
+    model = VideoDiT.from_pretrained(cfg.model)
+    mc = model.cfg
+    clips = ClipDataset(replace(cfg.dataset, camera_keys=list(mc.camera_keys), image_size=mc.image_size,
+                                frame_stride=mc.frame_stride, clip_frames=2, episodes=[0, 1]))
+    out = copy_retrieved(cfg, model, clips, [0, 1], 8)
+    recent = cfg.sampler.recent_frames
+    for b, start in enumerate(clips.cache.episode_start[:2]):
+        pose = clips.cache.states[start + mc.frame_stride * np.arange(10)][:, list(mc.pose_indices)]
+        for f in range(8):
+            frame, eligible = f + 1, np.arange(1, f + 1 - recent)  # not the sink, not the recent window
+            if len(eligible) == 0:
+                assert out["retrieved"][b, f] == 0
+                continue
+            nearest = eligible[((pose[eligible] - pose[frame]) ** 2).sum(-1).argmin()]
+            assert out["retrieved"][b, f] == nearest
+    # A frame copied onto itself would be infinitely sharp: the copies are other frames, finite PSNR.
+    assert all(np.isfinite(v).all() for v in out["psnr_per_episode"].values())
+
+
+def test_one_episode_is_refused_before_any_work(tmp_path):
+    cfg = replace(probe_config(tmp_path / "no_model", tmp_path / "no_data", tmp_path), episodes=1)
+    with pytest.raises(ValueError, match="episodes"):
+        memory_probe(cfg)
