@@ -26,8 +26,10 @@ difference, 0-255 levels). Writes <results_dir>/memory_probe_<run>.json and .md.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from eval.fidelity import copy_first_frame, held_out_tours, masked_mean, real_states, revisit_mask
 from eval.report import write_result
-from worldmodel.dataset import DatasetConfig
+from worldmodel.dataset import ClipDataset, DatasetConfig
 from worldmodel.memory import MemoryConfig, PoseMemory
 from worldmodel.metrics import open_loop_fidelity, psnr, recorded_frames, ssim
 from worldmodel.model import VideoDiT
@@ -57,6 +59,9 @@ class MemoryProbeConfig:
     revisit_near: float = 0.03
     revisit_away: float = 0.10
     revisit_min_gap: int = 12
+    # Training clips drawn from the model's own training set (its train_config.json) to measure how far back their
+    # pose-retrieved memory frames were (0: not measured).
+    training_clips: int = 2000
     seed: int = 0
     run: str = "cpu_tiny"
     results_dir: str = "eval/results"
@@ -165,6 +170,33 @@ def sampler_retrievals(log: RetrievalLog, shape: tuple[int, int, int]) -> tuple[
     return pose, back
 
 
+def training_memory_ages(model_dir: str, clips: int, seed: int) -> dict:
+    """How many frames before its clip each pose-retrieved memory frame (slots 1..) of the model's training clips was:
+    `clips` clips drawn from the training episodes its train_config.json names (as the trainer split them)."""
+    import draccus
+
+    from worldmodel.train import TrainConfig, split_episodes
+
+    path = Path(model_dir) / "train_config.json"
+    if clips <= 0 or not path.exists():
+        return {"measured": False, "why": "training_clips is 0" if clips <= 0 else f"{path} is missing"}
+    train_cfg = draccus.decode(TrainConfig, json.loads(path.read_text())["train"])
+    if not (Path(train_cfg.dataset.root) / "meta" / "info.json").exists():
+        return {"measured": False, "why": f"the training set {train_cfg.dataset.root} is not on this machine"}
+    dataset = ClipDataset(replace(train_cfg.dataset, episodes=split_episodes(train_cfg)[0]))
+    rng = np.random.default_rng(seed)
+    ages = []
+    for index in rng.choice(len(dataset), size=min(clips, len(dataset)), replace=False):
+        item = dataset[int(index)]
+        valid = item["memory_valid"][1:]
+        ages += (-item["memory_offset"][1:][valid]).tolist()
+    ages = np.asarray(ages)
+    return {"measured": True, "dataset": train_cfg.dataset.root, "clips": int(min(clips, len(dataset))),
+            "memory_min_gap_frames": train_cfg.dataset.memory_min_gap_frames, "frames": int(len(ages)),
+            "frames_back_median": float(np.median(ages)), "share_at_most_2_back": float((ages <= 2).mean()),
+            "share_at_most_5_back": float((ages <= 5).mean()), "share_at_least_12_back": float((ages >= 12).mean())}
+
+
 def memory_probe(cfg: MemoryProbeConfig) -> dict:
     started = time.time()
     if cfg.episodes < 2:
@@ -205,11 +237,13 @@ def memory_probe(cfg: MemoryProbeConfig) -> dict:
                             for b, s in enumerate(clips.cache.episode_start[positions])])
     result["retrieval"]["copy_retrieved"] = retrieval_summary(copied_pose, np.arange(1, horizon + 1) - copied,
                                                               real_pose, mask)
+    result["training_memory"] = training_memory_ages(cfg.model, cfg.training_clips, cfg.seed)
     result["device"] = rollouts["full"]["device"]
     result["seconds"] = time.time() - started
     result["command"] = (f"python -m eval.memory_probe --model={cfg.model} --dataset.root={cfg.dataset.root} "
                          f"--dataset.repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} "
-                         f"--horizon_s={cfg.horizon_s:g} --run={cfg.run}")
+                         f"--horizon_s={cfg.horizon_s:g} --sampler.memory.capacity={cfg.sampler.memory.capacity} "
+                         f"--run={cfg.run}")
     write_results(cfg, result)
     return result
 
@@ -237,6 +271,15 @@ def write_results(cfg: MemoryProbeConfig, result: dict) -> None:
             lines += ["", f"Retrieval in `{name}`: on {r['frames']} of {rv['frames']} revisit frames, the nearest retrieved "
                       f"frame's hand was {r['hand_cm_median']:.1f} cm from the real hand now and its gripper "
                       f"{r['gripper_median']:.2f} from the real opening (medians), {r['frames_back_median']:.0f} frames back."]
+    trained = result["training_memory"]
+    if trained["measured"]:
+        lines += ["", f"In training ({trained['clips']} clips of `{trained['dataset']}`, memory_min_gap_frames = "
+                  f"{trained['memory_min_gap_frames']}): the pose-retrieved memory frames were {trained['frames_back_median']:.1f} "
+                  f"frames before the clip (median); {100 * trained['share_at_most_2_back']:.0f}% at most 2 frames back, "
+                  f"{100 * trained['share_at_most_5_back']:.0f}% at most 5, {100 * trained['share_at_least_12_back']:.0f}% "
+                  "12 or more (the sampler's are always more than its recent window back; on revisits at least 12)."]
+    else:
+        lines += ["", f"Training clips' memory not measured: {trained['why']}."]
     lines += ["", f"`{result['command']}` ({result['seconds']:.0f} s on {result['device']})."]
     write_result(f"{cfg.results_dir}/memory_probe_{cfg.run}.json", result, lines)
 
