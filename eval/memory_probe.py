@@ -19,8 +19,9 @@ earlier, so that the earlier view is out of the recent context and only memory c
                     the place says about it now
     copy_first      not a model: the first real frame
 
-Beside the scores: how far (cm, hand xyz + gripper) and how many frames back the frame the sampler retrieved
-first was, and how much each memory content changes the drawn pictures against no_memory (mean absolute
+Beside the scores: how far the nearest retrieved frame's hand (cm) and gripper were from the real ones now and how
+many frames back it was (for the sampler's memory and for copy_retrieved), how far back the model's own training
+clips' memory frames were, and how much each memory content changes the drawn pictures against no_memory (mean absolute
 difference, 0-255 levels). Writes <results_dir>/memory_probe_<run>.json and .md.
 """
 
@@ -78,10 +79,7 @@ class RealMemory:
 
     def __call__(self, latents: torch.Tensor, state: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         rows = self.starts + self.clips.cfg.frame_stride * step.cpu().numpy()
-        cache = self.clips.cache
-        observations = {key: np.asarray(cache.images[rows, v]) for v, key in enumerate(self.clips.camera_keys)}
-        observations["observation.state"] = cache.states[rows]
-        return self.world.encode(observations)[:, 0].to(latents)
+        return self.world.encode(self.clips.observations(rows))[:, 0].to(latents)
 
 
 class RetrievalLog:

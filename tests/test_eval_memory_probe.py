@@ -6,8 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from eval.fidelity import held_out_tours
 from eval.memory_probe import MemoryProbeConfig, copy_retrieved, memory_probe
-from worldmodel.dataset import ClipDataset, DatasetConfig
+from worldmodel.dataset import DatasetConfig
 from worldmodel.memory import MemoryConfig
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
@@ -49,8 +50,7 @@ def test_copy_retrieved_copies_the_real_frame_nearest_in_pose_outside_the_recent
     cfg = probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path)
     model = VideoDiT.from_pretrained(cfg.model)
     mc = model.cfg
-    clips = ClipDataset(replace(cfg.dataset, camera_keys=list(mc.camera_keys), image_size=mc.image_size,
-                                frame_stride=mc.frame_stride, clip_frames=2, episodes=[0, 1]))
+    clips = held_out_tours(cfg.dataset, 2, mc, 8)
     out = copy_retrieved(cfg, model, clips, [0, 1], 8)
     recent = cfg.sampler.recent_frames
     for b, start in enumerate(clips.cache.episode_start[:2]):

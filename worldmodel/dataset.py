@@ -432,8 +432,8 @@ class ClipDataset(torch.utils.data.Dataset):
         return sample
 
     def memory_for(self, start: int, first_step: int, clip_state: np.ndarray, seed: int) -> dict:
-        """Slot 0: the episode's first frame; the rest: frames at least `memory_min_gap_frames` strides before the clip whose pose
-        is nearest to the pose at a random frame of the clip (a random pick among the 2(M-1) nearest).
+        """Slot 0: the episode's first frame; the rest: frames at least `memory_min_gap_frames` strides before the
+        clip whose pose is nearest to the pose at a random frame of the clip (a random pick among the 2(M-1) nearest).
         Seeded by the clip, so a resumed run sees the same memory as an uninterrupted one."""
         cfg, cache = self.cfg, self.cache
         M = cfg.memory_frames
@@ -531,7 +531,10 @@ class ClipDataset(torch.utils.data.Dataset):
     def first_observations(self, positions) -> dict[str, np.ndarray]:
         """The first frame of the episodes at cache `positions`, in LeRobot keys:
         {camera_key: (n, H, W, 3) uint8, "observation.state": (n, S)} (a real env's reset, batched)."""
-        rows = self.cache.episode_start[np.asarray(positions) % len(self.cache.episode_start)]
+        return self.observations(self.cache.episode_start[np.asarray(positions) % len(self.cache.episode_start)])
+
+    def observations(self, rows) -> dict[str, np.ndarray]:
+        """Cache rows (n,) -> their frames in LeRobot keys: {camera_key: (n, H, W, 3) uint8, "observation.state": (n, S)}."""
         observations = {key: np.asarray(self.cache.images[rows, v]) for v, key in enumerate(self.camera_keys)}
         observations["observation.state"] = self.cache.states[rows]
         return observations
