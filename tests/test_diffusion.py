@@ -189,6 +189,36 @@ def test_first_frame_residual_models_anchor_pictures_on_the_first_frame_and_need
     torch.testing.assert_close(s, state[:, 1:2].expand_as(s), rtol=0, atol=1e-5)
 
 
+def test_memory_anchored_models_add_the_change_to_the_memory_frame_nearest_the_anchor_pose():
+    """pixel_anchor_from_memory in training: the future frames' pixel anchor is the memory frame (slot 0, the first
+    frame, always a candidate) seen nearest to the pose of the frame they follow; a slot dropped or invalid is
+    never chosen. An untrained model's loss is zero exactly when the future frames show that anchor."""
+    design = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True, condition_on_state=True,
+                  residual_from_first_frame=True, condition_on_command=False)
+    with pytest.raises(ValueError, match="pixel_anchor_from_memory"):
+        make_model(build_config("tiny", {**design, "residual_from_first_frame": False, "pixel_anchor_from_memory": True},
+                                num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"]))
+    cfg = build_config("tiny", {**design, "pixel_anchor_from_memory": True}, num_views=1, latent_size=8, image_size=8,
+                       frame_stride=2, camera_keys=["a"])
+    model, fm = make_model(cfg), FlowMatching(DiffusionConfig(memory_dropout=0.0))
+    pictures = torch.rand(2, 3, 1, 3, 8, 8)  # slot 0: the first frame, at pose 0; slot 1 at pose 3; slot 2 at -5
+    memory_state = torch.zeros(2, 3, 39)
+    memory_state[:, 1, :4], memory_state[:, 2, :4] = 3.0, -5.0
+    memory = {"latents": pictures, "state": model.normalize_state(memory_state), "frame_pos": -torch.ones(2, 3),
+              "valid": torch.tensor([[False, True, True]] * 2)}
+    state = torch.zeros(2, 5, 39)
+    state[..., :4] = 2.5  # the clip is nearest to slot 1's pose
+    state, actions = model.normalize_state(state), torch.randn(2, 5, 2, 4)
+
+    def loss(shown, memory):
+        return fm.loss(model, pictures[:, shown:shown + 1].expand(2, 5, 1, 3, 8, 8), state, actions,
+                       memory=memory)[0].item()
+
+    assert loss(1, memory) == 0.0 and loss(0, memory) > 0.01 and loss(2, memory) > 0.01
+    without_slot_1 = {**memory, "valid": torch.tensor([[False, False, True]] * 2)}
+    assert loss(0, without_slot_1) == 0.0  # the first frame (pose 0) is nearer to 2.5 than slot 2 (pose -5)
+
+
 REGRESSED = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
                  residual_from_first_frame=False, linear_state_dynamics=False, deterministic_state=True,
                  condition_on_command=False)

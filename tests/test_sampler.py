@@ -169,11 +169,11 @@ def test_bad_use_is_refused(model):
         StreamingSampler(model, SamplerConfig(recent_frames=12, window=4), 1)
 
 
-def residual_model(condition_on_state: bool, perturb: float, from_first_frame: bool = False):
+def residual_model(condition_on_state: bool, perturb: float, from_first_frame: bool = False, from_memory: bool = False):
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=True,
                                     condition_on_state=condition_on_state, residual_from_first_frame=from_first_frame,
-                                    condition_on_command=False),
+                                    pixel_anchor_from_memory=from_memory, condition_on_command=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"],
                        max_offset=12)
     m = make_model(cfg).eval()
@@ -208,6 +208,26 @@ def test_an_untrained_first_frame_residual_model_keeps_the_first_picture_and_the
     latents, state = run(sampler, 6)
     assert torch.equal(latents, observed[:, :1].expand_as(latents))
     assert torch.equal(state, states[:, 1:].expand_as(state))
+
+
+@pytest.mark.parametrize("rolling", [True, False])
+@pytest.mark.parametrize("from_memory,k,expected", [(True, 2, 1), (True, 0, 0), (False, 2, 0)])
+def test_an_untrained_memory_anchored_model_redraws_the_remembered_frame_nearest_the_pose(rolling, from_memory, k,
+                                                                                         expected):
+    """pixel_anchor_from_memory: pictures take their change from the frame, of the first one and those memory
+    retrieves, seen nearest to the newest frame's pose. The robot was at pose 0 (frames 0, 2, 3) and 3 (frames 1, 4);
+    it is at 3 now, and for the next two frames frame 1 is the only one at 3 outside the recent window: an untrained
+    model redraws it. Without memory (k=0), or anchored on the first frame, it redraws frame 0."""
+    config = SamplerConfig(steps=4, window=2, rolling=rolling, recent_frames=2, memory=MemoryConfig(k=k, capacity=16))
+    sampler = StreamingSampler(residual_model(True, perturb=0.0, from_first_frame=True, from_memory=from_memory),
+                               config, B)
+    g = torch.Generator().manual_seed(0)
+    observed = torch.rand(B, 5, V, 3, SIZE, SIZE, generator=g) * 2 - 1  # five different pictures
+    states = torch.zeros(B, 5, 39)
+    states[:, [1, 4], :4] = 3.0  # hand xyz and gripper (the pose) at 3
+    sampler.reset(observed, states)
+    latents, _ = run(sampler, 2)
+    assert torch.equal(latents, observed[:, expected:expected + 1].expand_as(latents))
 
 
 @pytest.mark.parametrize("rolling", [True, False])

@@ -169,8 +169,9 @@ class FlowMatching:
             noisy_latents = add_noise(latents, noise_latents, t)
         anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
         anchor = clip_anchors(*anchor_source, in_loss, actions, actions_is_pad) if uses_anchor else None
-        if mc.residual_from_first_frame:
-            anchor["latents"] = first_frame_anchors(anchor["latents"], first_frame_latents(memory), in_loss)
+        if mc.residual_from_first_frame:  # the clip's future frames follow its last context frame's pose
+            pixels = pixel_anchor_latents(getattr(model, "module", model), memory, anchor["state"][:, -1])
+            anchor["latents"] = first_frame_anchors(anchor["latents"], pixels, in_loss)
         if mc.condition_on_command:
             anchor["command"] = command_anchors(getattr(model, "module", model), command, anchor["state"], in_loss)
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
@@ -202,7 +203,7 @@ class FlowMatching:
         own, _ = sample_full_sequence(
             model, latents[:, :1], model.denormalize_state(state0[:, :1]), actions, self.config.self_forcing_steps,
             actions_is_pad=actions_is_pad, generator=generator, command=command, memory=memory,
-            first_latents=first_frame_latents(memory) if mc.residual_from_first_frame else None)
+            first_latents=pixel_anchor_latents(model, memory, state0[:, 0]) if mc.residual_from_first_frame else None)
         if mc.codec.get("type") == "pixel":
             own = own.clamp(-1.0, 1.0)
         own = torch.cat([latents[:, :1], own.to(latents.dtype)], dim=1)  # frame 0 stays real
@@ -270,8 +271,33 @@ def first_frame_latents(memory: dict | None) -> torch.Tensor:
     return memory["latents"][:, 0]
 
 
+def pixel_anchor_latents(model: VideoDiT, memory: dict | None, query_state: torch.Tensor) -> torch.Tensor:
+    """The pixels' anchor (B, V, C, H, W) of a clip's future frames (residual_from_first_frame): the episode's first
+    frame, or with pixel_anchor_from_memory the memory frame nearest in pose to `query_state` (B, S) normalised, the
+    frame they follow. Slot 0, the first frame, is always a candidate; the other slots where they are valid (a clip
+    whose memory is dropped keeps the first frame, as a rollout with nothing in memory does)."""
+    first = first_frame_latents(memory)
+    if not model.cfg.pixel_anchor_from_memory:
+        return first
+    valid = memory["valid"].clone()
+    valid[:, 0] = True
+    pose = list(model.cfg.pose_indices)
+    return nearest_pose_latents(memory["latents"], model.denormalize_state(memory["state"])[..., pose], valid,
+                                model.denormalize_state(query_state)[..., pose])
+
+
+def nearest_pose_latents(latents: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
+                         query: torch.Tensor) -> torch.Tensor:
+    """latents (B, M, V, C, H, W) of M candidate frames seen at raw poses (B, M, P), valid (B, M) with at least one
+    True per row -> (B, V, C, H, W): the valid candidate nearest to the raw pose `query` (B, P), by squared distance
+    with every component weighted 1 (PoseMemory's default). The one rule training and the sampler share."""
+    distance = (poses - query[:, None]).pow(2).sum(-1).masked_fill(~valid, float("inf"))  # (B, M)
+    return latents[torch.arange(latents.shape[0], device=latents.device), distance.argmin(dim=1)]
+
+
 def first_frame_anchors(anchor_latents: torch.Tensor, first: torch.Tensor, is_future: torch.Tensor) -> torch.Tensor:
-    """Frames being predicted are anchored on the first frame (B, V, C, H, W); clean frames stay their own."""
+    """Frames being predicted are anchored on `first` (B, V, C, H, W): the first frame, or the memory frame
+    pixel_anchor_latents chose; clean frames stay their own."""
     return torch.where(per_frame(is_future, anchor_latents), first[:, None].to(anchor_latents.dtype), anchor_latents)
 
 

@@ -54,6 +54,12 @@ class VideoDiTConfig:
     # rollout, and an untrained model equals copy-the-first-frame. The first frame's patches are also added
     # to every denoised frame's tokens, so each token sees what it is changing.
     residual_from_first_frame: bool = False
+    # ... or, with memory frames, from the one (the first frame included) nearest in pose to the newest clean frame:
+    # a place seen before is redrawn from the view of it, not rebuilt from the first frame (copying the real frame a
+    # 512-slot pose memory retrieves scores 2 dB above the first-frame design on revisits,
+    # eval/results/memory_probe_cpu_tiny_capacity512.md; not yet trained or measured). The first frame stays the anchor where memory holds nothing
+    # (and in clips whose memory is dropped). Needs residual_from_first_frame.
+    pixel_anchor_from_memory: bool = False
     # The state change also gets a linear path (zero at init) from the env actions summed since the anchor:
     # position control moves the hand nearly linearly in the actions, which a transformer reads only slowly
     # through adaLN; the network adds the rest (contacts, the object). Needs predict_residual.
@@ -317,6 +323,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
             if not cfg.predict_residual:
                 raise ValueError("residual_from_first_frame: needs predict_residual=True")
             self.anchor_patch_embed = nn.Linear(cfg.latent_channels * p * p, D)
+        if cfg.pixel_anchor_from_memory and not cfg.residual_from_first_frame:
+            raise ValueError("pixel_anchor_from_memory: needs residual_from_first_frame=True (the first frame is the "
+                             "anchor where memory holds nothing)")
         if cfg.deterministic_state and not cfg.predict_residual:
             raise ValueError("deterministic_state: needs predict_residual=True (the state token reads the anchor state)")
         if cfg.linear_state_dynamics:

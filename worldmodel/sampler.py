@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worldmodel.diffusion import euler_step, guided_prediction, noise_levels, rollout_commands
+from worldmodel.diffusion import euler_step, guided_prediction, nearest_pose_latents, noise_levels, rollout_commands
 from worldmodel.memory import MemoryConfig, PoseMemory
 from worldmodel.model import KVContext, VideoDiT
 
@@ -100,6 +100,7 @@ class StreamingSampler:
         self.last_state = torch.zeros(B, mc.state_dim, device=dev)  # raw state of the newest clean frame
         self.last_latents = torch.zeros(B, *self.latent_shape, device=dev)  # and its latents (the anchor)
         self.first_latents = torch.zeros(B, *self.latent_shape, device=dev)  # the rollout's first frame
+        self.first_pose = torch.zeros(B, len(self.pose_indices), device=dev)  # and the pose it was seen at
         # The commanded pose after the newest clean frame (worldmodel/command.py), raw: it starts at the pose of the
         # rollout's last observed frame and follows the actions.
         self.command = torch.zeros(B, len(self.pose_indices), device=dev)
@@ -132,7 +133,7 @@ class StreamingSampler:
         # 0, and 0 x NaN is NaN, so anything a broken rollout left in its cache would survive the reset.
         for buffer in (*self.sink_k, *self.sink_v, *self.recent_k, *self.recent_v):
             buffer[rows] = 0.0
-        for buffer in (self.last_state, self.last_latents, self.first_latents, self.command):
+        for buffer in (self.last_state, self.last_latents, self.first_latents, self.first_pose, self.command):
             buffer[rows] = 0.0
         self.memory.clear(rows)
         self.frames_done[rows] = 0
@@ -160,23 +161,29 @@ class StreamingSampler:
             pose = pose + actions.sum(dim=1) @ self.action_to_pose
         return pose
 
-    def context(self, first_new: torch.Tensor, next_actions: torch.Tensor | None) -> KVContext | None:
-        """Everything the frames from index `first_new` (B,) on attend to."""
+    def retrieve(self, next_actions: torch.Tensor) -> dict | None:
+        """The memory frames for the next frames (PoseMemory.retrieve's dict), outside the recent window and the
+        sinks, queried with where the arm will be after `next_actions` (B, stride, A); None without memory."""
+        k = self.config.memory.k
+        if k == 0 or not self.use_cache:
+            return None
+        newest_recent = (self.frames_done - self.config.recent_frames - 1)
+        found = self.memory.retrieve(self._query_pose(next_actions), k, exclude_after=newest_recent)
+        found["valid"] &= found["step"] >= self.config.sink_frames  # sinks are already in the context
+        return found
+
+    def context(self, first_new: torch.Tensor, found: dict | None) -> KVContext | None:
+        """Everything the frames from index `first_new` (B,) on attend to, with the memory frames `found`
+        (`retrieve`'s, or None)."""
         if not self.use_cache:
             return self._naive_context(first_new)
         parts = [
             KVContext(self.sink_k, self.sink_v, self._tokens(self._relative(self.sink_step, first_new)),
                       self._tokens(self.sink_valid)),
         ]
-        k = self.config.memory.k
-        if k > 0 and next_actions is not None:
-            newest_recent = (self.frames_done - self.config.recent_frames - 1)
-            found = self.memory.retrieve(self._query_pose(next_actions), k, exclude_after=newest_recent)
-            # Sinks are already in the context: never retrieve them twice.
-            found["valid"] &= found["step"] >= self.config.sink_frames
-            if bool(found["valid"].any()):
-                parts.append(self.model.encode_memory(found["latents"], self.model.normalize_state(found["state"]),
-                                                      self._relative(found["step"], first_new), found["valid"]))
+        if found is not None and bool(found["valid"].any()):
+            parts.append(self.model.encode_memory(found["latents"], self.model.normalize_state(found["state"]),
+                                                  self._relative(found["step"], first_new), found["valid"]))
         parts.append(KVContext(self.recent_k, self.recent_v,
                                self._tokens(self._relative(self.recent_step, first_new)),
                                self._tokens(self.recent_valid)))
@@ -204,7 +211,7 @@ class StreamingSampler:
         if not self.use_cache:
             self.history.append((latents, state, actions, step))
         else:
-            ctx = self.context(step, actions)
+            ctx = self.context(step, self.retrieve(actions))
             out = self.model(latents[:, None], self.model.normalize_state(state)[:, None],
                              torch.zeros(B, 1, device=self.device), actions[:, None], context=ctx,
                              frame_pos=torch.zeros(B, 1, device=self.device), return_kv=True)
@@ -238,6 +245,7 @@ class StreamingSampler:
         self.last_latents = torch.where(active.reshape(B, 1, 1, 1, 1), latents, self.last_latents)
         is_first = (active & (step == 0)).reshape(B, 1, 1, 1, 1)
         self.first_latents = torch.where(is_first, latents, self.first_latents)
+        self.first_pose = torch.where(is_first.reshape(B, 1), state[:, self.pose_indices], self.first_pose)
         self.frames_done = self.frames_done + active.long()
 
     # -- denoising -----------------------------------------------------------------------------------
@@ -257,14 +265,28 @@ class StreamingSampler:
             x, s = self.frame_filter(x, s)
         return x, s
 
-    def _predict(self, x, s, t, actions, context):
-        """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1."""
+    def pixel_anchor(self, found: dict | None) -> torch.Tensor:
+        """(B, V, C, H, W) the latents the frames being denoised add their pictures' change to: the newest clean
+        frame; the first frame for residual_from_first_frame; with pixel_anchor_from_memory, of the first frame and
+        the memory frames `found`, the one nearest in pose to the newest clean frame (as in training)."""
+        mc = self.model.cfg
+        if not mc.residual_from_first_frame:
+            return self.last_latents
+        if not mc.pixel_anchor_from_memory or found is None:
+            return self.first_latents
+        first_valid = torch.ones(self.B, 1, dtype=torch.bool, device=self.device)
+        return nearest_pose_latents(torch.cat([self.first_latents[:, None], found["latents"]], 1),
+                                    torch.cat([self.first_pose[:, None], found["pose"]], 1),
+                                    torch.cat([first_valid, found["valid"]], 1), self.last_state[:, self.pose_indices])
+
+    def _predict(self, x, s, t, actions, context, pixel_anchor):
+        """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1, attending to `context`,
+        their pictures' change added to `pixel_anchor` (B, V, C, H, W)."""
         B, F = t.shape
         pos = torch.arange(F, device=self.device).expand(B, F).float()
-        # Every frame being denoised is anchored on the newest clean frame (its pixels on the first frame, for
-        # residual_from_first_frame), as future frames are in training.
-        anchor_latents = self.first_latents if self.model.cfg.residual_from_first_frame else self.last_latents
-        anchor = {"latents": anchor_latents[:, None].expand(B, F, *self.latent_shape),
+        # Every frame being denoised is anchored on the newest clean frame (its pixels on `pixel_anchor`), as
+        # future frames are in training.
+        anchor = {"latents": pixel_anchor[:, None].expand(B, F, *self.latent_shape),
                   "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1),
                   # the frames being denoised follow the anchor one after another: actions since it accumulate
                   "action_sum": actions.sum(dim=2).cumsum(dim=1)}
@@ -297,9 +319,10 @@ class StreamingSampler:
             a = actions[:, start:start + cfg.window]
             n = a.shape[1]
             x, s = self._noise(n, generator)
-            context = self.context(self.frames_done, a[:, 0])
+            found = self.retrieve(a[:, 0])
+            context, pixel_anchor = self.context(self.frames_done, found), self.pixel_anchor(found)
             for i in range(cfg.steps):
-                pred = self._predict(x, s, levels[i].expand(self.B, n), a, context)
+                pred = self._predict(x, s, levels[i].expand(self.B, n), a, context, pixel_anchor)
                 self.passes += 1
                 x = euler_step(x, pred["latents"], levels[i], levels[i + 1])
                 s = euler_step(s, pred["state"], levels[i], levels[i + 1])
@@ -325,9 +348,9 @@ class StreamingSampler:
                 next_frame += 1
             a = torch.stack([actions[:, f["index"]] for f in window], dim=1)
             t = torch.stack([levels[f["level"]].expand(self.B) for f in window], dim=1)
-            context = self.context(self.frames_done, a[:, 0])
+            found = self.retrieve(a[:, 0])
             pred = self._predict(torch.stack([f["x"] for f in window], 1), torch.stack([f["s"] for f in window], 1),
-                                 t, a, context)
+                                 t, a, self.context(self.frames_done, found), self.pixel_anchor(found))
             self.passes += 1
             for j, f in enumerate(window):
                 now, next_ = levels[f["level"]], levels[f["level"] + 1]

@@ -52,6 +52,7 @@ class ModelSpec:
     deterministic_state: bool | None = None
     condition_on_command: bool | None = None
     state_reads_pictures: bool | None = None
+    pixel_anchor_from_memory: bool | None = None
 
 
 @dataclass
@@ -238,7 +239,8 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
                  predict_residual=spec.predict_residual, condition_on_state=spec.condition_on_state,
                  residual_from_first_frame=spec.residual_from_first_frame,
                  linear_state_dynamics=spec.linear_state_dynamics, deterministic_state=spec.deterministic_state,
-                 condition_on_command=spec.condition_on_command, state_reads_pictures=spec.state_reads_pictures)
+                 condition_on_command=spec.condition_on_command, state_reads_pictures=spec.state_reads_pictures,
+                 pixel_anchor_from_memory=spec.pixel_anchor_from_memory)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
