@@ -69,8 +69,8 @@ class DatasetConfig:
     # the model learns to use what the streaming sampler's pose memory will retrieve.
     memory_frames: int = 0
     # The pose-retrieved memory frames (slots 1..) come from at least this many frames (of frame_stride steps) before
-    # the clip. 1: any earlier frame, and the nearest in pose is then nearly always one just before the clip (63 per cent of
-    # them at most 2 frames back on the push set). The streaming sampler retrieves only from before its recent
+    # the clip. 1: any earlier frame, and the nearest in pose is then nearly always one just before the clip (63 per
+    # cent of them at most 2 frames back on the push set). The streaming sampler retrieves only from before its recent
     # window (recent_frames + 1 frames back and more), so a larger gap trains memory on what it is used for: a view of
     # the place seen long ago (eval/results/memory_probe_cpu_tiny.md).
     memory_min_gap_frames: int = 1
