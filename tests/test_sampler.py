@@ -230,6 +230,25 @@ def test_an_untrained_memory_anchored_model_redraws_the_remembered_frame_nearest
     assert torch.equal(latents, observed[:, expected:expected + 1].expand_as(latents))
 
 
+@pytest.mark.parametrize("gripper_weight,expected", [(1.0, 1), (10.0, 0)])
+def test_the_memory_anchor_is_chosen_by_the_memory_pose_weights(gripper_weight, expected):
+    """The anchor follows the rule the memory retrieves by, its pose_weights included. Now the hand is at x=3 with
+    the gripper at 1; frame 0 saw the gripper there but the hand 3 m away (distance 9), frame 1 the hand there but
+    the gripper at 0 (distance 1 x the gripper's weight). Frames 2-3 are far from both."""
+    memory = MemoryConfig(k=2, capacity=16, pose_weights=[1.0, 1.0, 1.0, gripper_weight])
+    config = SamplerConfig(steps=4, window=2, rolling=True, recent_frames=2, memory=memory)
+    sampler = StreamingSampler(residual_model(True, perturb=0.0, from_first_frame=True, from_memory=True), config, B)
+    g = torch.Generator().manual_seed(0)
+    observed = torch.rand(B, 5, V, 3, SIZE, SIZE, generator=g) * 2 - 1
+    states = torch.zeros(B, 5, 39)
+    states[:, [0, 4], 3] = 1.0
+    states[:, [1, 4], 0] = 3.0
+    states[:, [2, 3], 0] = -5.0
+    sampler.reset(observed, states)
+    latents, _ = run(sampler, 1)
+    assert torch.equal(latents, observed[:, expected:expected + 1].expand_as(latents))
+
+
 @pytest.mark.parametrize("rolling", [True, False])
 @pytest.mark.parametrize("from_first_frame", [False, True])
 def test_residual_rollouts_with_a_cache_equal_recomputing_the_history(rolling, from_first_frame):

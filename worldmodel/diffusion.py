@@ -282,16 +282,17 @@ def pixel_anchor_latents(model: VideoDiT, memory: dict | None, query_state: torc
     valid = memory["valid"].clone()
     valid[:, 0] = True
     pose = list(model.cfg.pose_indices)
-    return nearest_pose_latents(memory["latents"], model.denormalize_state(memory["state"])[..., pose], valid,
-                                model.denormalize_state(query_state)[..., pose])
+    poses = model.denormalize_state(memory["state"])[..., pose]  # (B, M, P)
+    query = model.denormalize_state(query_state)[..., pose]  # (B, P)
+    return nearest_pose_latents(memory["latents"], (poses - query[:, None]).pow(2).sum(-1), valid)
 
 
-def nearest_pose_latents(latents: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
-                         query: torch.Tensor) -> torch.Tensor:
-    """latents (B, M, V, C, H, W) of M candidate frames seen at raw poses (B, M, P), valid (B, M) with at least one
-    True per row -> (B, V, C, H, W): the valid candidate nearest to the raw pose `query` (B, P), by squared distance
-    with every component weighted 1 (PoseMemory's default). The one rule training and the sampler share."""
-    distance = (poses - query[:, None]).pow(2).sum(-1).masked_fill(~valid, float("inf"))  # (B, M)
+def nearest_pose_latents(latents: torch.Tensor, distance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """latents (B, M, V, C, H, W) of M candidate frames, their pose distance (B, M) to the query pose, valid (B, M)
+    with at least one True per row -> (B, V, C, H, W): the valid candidate nearest in pose. The one rule training
+    (distance with every component weighted 1, as the dataset's memory retrieval) and the sampler (its PoseMemory's
+    distance, the rule it retrieves by) share."""
+    distance = distance.masked_fill(~valid, float("inf"))  # (B, M)
     return latents[torch.arange(latents.shape[0], device=latents.device), distance.argmin(dim=1)]
 
 

@@ -275,9 +275,10 @@ class StreamingSampler:
         if not mc.pixel_anchor_from_memory or found is None:
             return self.first_latents
         first_valid = torch.ones(self.B, 1, dtype=torch.bool, device=self.device)
+        poses = torch.cat([self.first_pose[:, None], found["pose"]], 1)  # (B, 1 + k, P)
         return nearest_pose_latents(torch.cat([self.first_latents[:, None], found["latents"]], 1),
-                                    torch.cat([self.first_pose[:, None], found["pose"]], 1),
-                                    torch.cat([first_valid, found["valid"]], 1), self.last_state[:, self.pose_indices])
+                                    self.memory.distance(self.last_state[:, self.pose_indices], poses),
+                                    torch.cat([first_valid, found["valid"]], 1))
 
     def _predict(self, x, s, t, actions, context, pixel_anchor):
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1, attending to `context`,
