@@ -118,7 +118,7 @@ def package_model(cfg: PackageConfig) -> Path:
         f"{summary.get('wall_seconds', summary['seconds']) / 60:.0f} minutes of training wall time"
         + (f" (resumed at step {summary['resumed_from_step']})" if summary.get("resumed_from_step") else "")
         + (f", fine-tuned from `{init['path']}` ({init['steps']} steps, {init['wall_seconds'] / 60:.0f} minutes): "
-           f"{summary['wall_seconds_in_all'] / 60:.0f} minutes of training from scratch in all"
+           f"{summary['wall_seconds_in_all'] / 60:.1f} minutes of training from scratch in all"
            if (init := summary.get("init_from")) else " in all")
         + f" on {summary.get('device', 'an unrecorded device')} (`train_summary.json`).",
         f"- GPU time: {cfg.gpu_time}.",

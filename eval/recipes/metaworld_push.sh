@@ -3,9 +3,10 @@
 #
 #     bash eval/recipes/metaworld_push.sh              # one CUDA GPU (planned for about 25 minutes on an H100)
 #     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the tiny design on 2 CPU cores: ~30 min recording,
-#                                                      # ~115-120 min training (6,400 steps, capped at TINY_MINUTES,
-#                                                      # then 2,000 with the state cut off the pictures and the aimed
-#                                                      # pushes added, capped at BLIND_MINUTES), ~60 min of benchmarks
+#                                                      # at most TRAIN_MINUTES=120 min training (6,400 steps, capped at
+#                                                      # TINY_MINUTES=95, then 2,000 with the state cut off the pictures
+#                                                      # and the aimed pushes added, capped at what the 120 leave),
+#                                                      # ~60 min of benchmarks
 #     SCALE=smoke bash eval/recipes/metaworld_push.sh  # the same steps at toy sizes (a few minutes on a CPU)
 #     TASK=reach-v3 SCALE=cpu bash eval/recipes/metaworld_push.sh  # any MetaWorld v3 task with a scripted expert
 #
@@ -39,7 +40,7 @@ elif [[ $SCALE == cpu ]]; then
   # The default model on 2 CPU cores: only `tiny`, trained for a wall-clock budget (cosine schedule sized to
   # the steps 2 cores reach in it; the budget stops it earlier on a slower machine). See eval/results/ablation_cpu.md.
   : "${EPISODES:=200}" "${EPISODE_STEPS:=200}" "${TOUR_AFTER:=120}" "${PLAY_TOURS:=40}" "${PLAY_STEPS:=800}" "${AIMED_PUSHES:=300}" "${LONG_EPISODES:=8}" "${HORIZONS:=[1,5,10,20]}"
-  : "${MODELS:=tiny}" "${TINY_STEPS:=6400}" "${TINY_MINUTES:=95}" "${BLIND_STEPS:=2000}" "${BLIND_MINUTES:=25}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=200}"
+  : "${MODELS:=tiny}" "${TINY_STEPS:=6400}" "${TINY_MINUTES:=95}" "${BLIND_STEPS:=2000}" "${TRAIN_MINUTES:=120}" "${BATCH:=16}" "${CHECKPOINT_EVERY:=200}"
   : "${JUDGE_STEPS:=600}" "${JUDGE_VAL:=8}" "${RANK_EPISODES:=20}" "${VAL_CLIPS:=8}" "${RANK_MODEL:=tiny}"
   : "${SPEED_ARGS:=--batch_sizes=[1,16]}" "${TRAIN_SPEED_ARGS:=--presets=[tiny]}" "${IMPROVE:=0}"
   : "${RUN:=cpu$SUFFIX}" "${WORK:=outputs/recipe_cpu$SUFFIX}" "${DEST:=pretrained/metaworld_$SLUG}" "${RESULTS:=eval/results}"
@@ -51,7 +52,7 @@ else
   : "${WORK:=outputs/recipe$SUFFIX}" "${DEST:=pretrained/metaworld_$SLUG}" "${RESULTS:=eval/results}" "${NUM_WORKERS:=4}"
 fi
 # Defaults shared by the GPU and smoke scales (the cpu scale sets its own above).
-: "${LR:=1e-3}" "${BLIND_LR:=3e-4}" "${BLIND_MINUTES:=}" "${TRAIN_SPEED:=1}" "${MODELS:=small tiny}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk]}" "${RANK_MODEL:=small}" "${RECORD_WORKERS:=0}" "${TINY_MINUTES:=}" "${CHECKPOINT_EVERY:=}"
+: "${LR:=1e-3}" "${BLIND_LR:=3e-4}" "${BLIND_MINUTES:=}" "${TRAIN_SPEED:=1}" "${MODELS:=small tiny}" "${FIDELITY_VARIANTS:=[full,no_memory,no_sinks,chunk]}" "${RANK_MODEL:=small}" "${RECORD_WORKERS:=0}" "${TINY_MINUTES:=}" "${CHECKPOINT_EVERY:=}" "${TRAIN_MINUTES:=}"
 PY=${PYTHON:-python}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 TRAIN_DATA=$WORK/datasets/metaworld_$SLUG
@@ -91,6 +92,18 @@ train() {  # name preset steps minutes lr [more flags]
     --train.checkpoint_every="${CHECKPOINT_EVERY:-$(( steps / 8 + 1 ))}" --train.val_episodes=2 \
     --train.val_clips="$VAL_CLIPS" --train.num_workers="$NUM_WORKERS" "${budget[@]}" --output_dir="$out" --resume="$resume" "$@"
 }
+minutes_left() {  # TRAIN_MINUTES less the training wall time of the `wm train` output folder $1 (over resumes)
+  $PY - "$1/train_summary.json" "$TRAIN_MINUTES" <<'PYEOF'
+import json, math, sys
+summary = json.load(open(sys.argv[1]))
+# less half a minute: the cap is checked after each step, so the step in flight and the save run past it
+# (the shipped stage 2, capped at exactly what was left, ran 4.5 s over)
+left = math.floor(10 * (float(sys.argv[2]) - summary.get("wall_seconds_in_all", summary["wall_seconds"]) / 60 - 0.5)) / 10
+if left <= 0:
+    sys.exit(f"TRAIN_MINUTES={sys.argv[2]}: {sys.argv[1]} already took {summary['wall_seconds'] / 60:.1f} min; nothing left for stage 2")
+print(f"{left:.1f}")
+PYEOF
+}
 STAGE1_EPISODES="[$(seq -s, 0 $(( EPISODES + PLAY_TOURS - 1 )))]"  # the push episodes and the play tours
 for name in $MODELS; do
   case $name in
@@ -104,7 +117,10 @@ for name in $MODELS; do
   # tumbles in the tours, 0.05-0.13. Unweighted, the imagined puck slid off the hand in off-centre pushes. Stage 2
   # also trains on the aimed pushes (every episode): with them the imagined pushes of a policy aiming off the goal no
   # longer fall short (the ranking rose to Pearson 0.88 / 0.92, Spearman 0.96, eval/results/ablation_cpu_contact.md).
-  train "${name}_state_blind" "$name" "$BLIND_STEPS" "$BLIND_MINUTES" "$BLIND_LR" --model.state_reads_pictures=false \
+  # Stage 2's time cap: BLIND_MINUTES if set, else what TRAIN_MINUTES (both stages) leaves after stage 1's wall time.
+  blind_minutes=$BLIND_MINUTES
+  [[ -z $blind_minutes && -n $TRAIN_MINUTES ]] && blind_minutes=$(minutes_left "$WORK/train/$name")
+  train "${name}_state_blind" "$name" "$BLIND_STEPS" "$blind_minutes" "$BLIND_LR" --model.state_reads_pictures=false \
     --diffusion.balance_state_dims=true --init_from="$WORK/train/$name/model"
 done
 [[ -f $WORK/judge/config.json ]] || $PY -m worldmodel.cli judge --dataset.root="$TRAIN_DATA" --val_episodes="$JUDGE_VAL" \
