@@ -57,7 +57,7 @@ class VideoDiTConfig:
     # ... or, with memory frames, from the one (the first frame included) nearest in pose to the newest clean frame:
     # a place seen before is redrawn from the view of it, not rebuilt from the first frame (copying the real frame a
     # 512-slot pose memory retrieves scores 2 dB above the first-frame design on revisits,
-    # eval/results/memory_probe_cpu_tiny_capacity512.md). Measured, it lowers revisit PSNR 2.8 dB (own memory)
+    # eval/results/memory_probe_cpu_tiny_capacity512_uncapped.md). Measured, it lowers revisit PSNR 2.8 dB (own memory)
     # and 0.7 dB (real frames) below no memory: trained clips' anchors are near their own view
     # (eval/results/memory_probe_cpu_tiny_memory_anchor_capacity512.md), so it is off by default. The first frame
     # stays the anchor where memory holds nothing (and in clips whose memory is dropped). Needs
