@@ -92,15 +92,19 @@ train() {  # name preset steps minutes lr [more flags]
     --train.checkpoint_every="${CHECKPOINT_EVERY:-$(( steps / 8 + 1 ))}" --train.val_episodes=2 \
     --train.val_clips="$VAL_CLIPS" --train.num_workers="$NUM_WORKERS" "${budget[@]}" --output_dir="$out" --resume="$resume" "$@"
 }
-minutes_left() {  # TRAIN_MINUTES less the training wall time of the `wm train` output folder $1 (over resumes)
-  $PY - "$1/train_summary.json" "$TRAIN_MINUTES" <<'PYEOF'
-import json, math, sys
-summary = json.load(open(sys.argv[1]))
+minutes_left() {  # TRAIN_MINUTES less the training behind the `wm train` output folder $1 (over resumes and init_from)
+  $PY - "$1/model" "$TRAIN_MINUTES" <<'PYEOF'
+import math, sys
+from worldmodel.train import initial_training  # the same count stage 2's train_summary.json adds to its own
+stage1 = initial_training(sys.argv[1])
+if stage1 is None:
+    sys.exit(f"TRAIN_MINUTES: no train_summary.json in or beside {sys.argv[1]}, so the time it took is unknown")
+used = stage1["wall_seconds"] / 60
 # less half a minute: the cap is checked after each step, so the step in flight and the save run past it
 # (the shipped stage 2, capped at exactly what was left, ran 4.5 s over)
-left = math.floor(10 * (float(sys.argv[2]) - summary.get("wall_seconds_in_all", summary["wall_seconds"]) / 60 - 0.5)) / 10
+left = math.floor(10 * (float(sys.argv[2]) - used - 0.5)) / 10
 if left <= 0:
-    sys.exit(f"TRAIN_MINUTES={sys.argv[2]}: {sys.argv[1]} already took {summary['wall_seconds'] / 60:.1f} min; nothing left for stage 2")
+    sys.exit(f"TRAIN_MINUTES={sys.argv[2]}: {sys.argv[1]} already took {used:.1f} min; nothing left for stage 2")
 print(f"{left:.1f}")
 PYEOF
 }
