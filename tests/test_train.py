@@ -1,6 +1,7 @@
 """`wm train` end to end: a usable checkpoint, actions that matter, exact resume after a kill, two processes."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -194,6 +195,39 @@ def test_a_time_budget_stops_training_and_counts_over_resumes(tiny_dataset_root,
     resumed = json.loads((out / "train_summary.json").read_text())
     assert resumed["resumed_from_step"] == summary["steps"] and resumed["steps"] > summary["steps"]
     assert 6.0 <= resumed["wall_seconds"] < resumed["seconds"] + state["wall_seconds"] + 1
+
+
+def test_a_time_annealed_cosine_follows_whichever_runs_out_first_and_ends_at_zero(tiny_dataset_root, tmp_path):
+    from worldmodel.train import LoopConfig, TrainingClock, cosine_over_steps_or_time
+
+    clock = TrainingClock(before=0.0, started=time.time())
+    factor = cosine_over_steps_or_time(LoopConfig(steps=1000, warmup_steps=10, max_minutes=1.0), clock)
+    assert factor(5) == pytest.approx(0.5)  # warmup is by steps
+    assert factor(505) == pytest.approx(0.5, abs=0.01)  # early in the time: the steps lead, half-way
+    clock.before = 45.0  # three quarters of the minute gone at step 100: the clock leads
+    assert factor(100) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)), abs=0.01)
+    clock.before = 120.0  # past the cap: zero, not a second cosine period
+    assert factor(100) == 0.0
+    # End to end: a run the clock stops anneals to (nearly) zero; its learning rate never rises after warmup.
+    out = tmp_path / "annealed"
+    train_main(train_args(tiny_dataset_root, out, 10**6, **{
+        "train.max_minutes": 0.05, "train.anneal_by_time": "true", "train.schedule": "cosine", "train.warmup_steps": 2,
+        "train.batch_size": 4, "train.log_every": 1, "train.checkpoint_every": 10**6, "train.val_every": 10**6}))
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    after_warmup = lrs[2:]
+    assert len(after_warmup) >= 3 and all(b <= a + 1e-12 for a, b in zip(after_warmup, after_warmup[1:]))
+    assert lrs[-1] < 0.1 * 2e-3 < after_warmup[0]
+
+
+def test_anneal_by_time_without_a_time_cap_or_with_another_schedule_is_refused():
+    import draccus
+
+    from worldmodel.train import TrainConfig, check_config
+
+    for extra in (["--train.schedule=cosine"], ["--train.max_minutes=5", "--train.schedule=constant_with_warmup"]):
+        cfg = draccus.parse(TrainConfig, args=["--train.anneal_by_time=true", "--dataset.root=/nonexistent", *extra])
+        with pytest.raises(ValueError, match="train.anneal_by_time"):
+            check_config(cfg)
 
 
 def test_every_documented_mixed_precision_value_parses_and_bad_values_name_the_field():

@@ -75,6 +75,10 @@ class LoopConfig:
     weight_decay: float = 0.01
     schedule: str = "cosine"  # a diffusers.optimization scheduler name, e.g. cosine, constant_with_warmup
     warmup_steps: int = 100
+    # With max_minutes and the cosine schedule: its progress is whichever is further along, the steps or the
+    # training time, so a run the clock stops (a slower machine) still anneals to zero instead of being cut
+    # mid-cosine. Off: the schedule follows the steps alone (and is the same on every machine).
+    anneal_by_time: bool = False
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     mixed_precision: str | None = None  # None: bf16 on CUDA, none on CPU; or accelerate's no/bf16/fp16
@@ -215,6 +219,10 @@ def check_config(cfg: TrainConfig) -> None:
         check_folder_kind(cfg.init_from, "VideoDiT")
     if cfg.train.near_object_repeat < 1:
         raise ValueError(f"train.near_object_repeat: expected >= 1 (1 draws every clip once), got {cfg.train.near_object_repeat}")
+    if cfg.train.anneal_by_time and (cfg.train.max_minutes is None or cfg.train.schedule != "cosine"):
+        raise ValueError("train.anneal_by_time: needs train.max_minutes and train.schedule=cosine (it anneals the "
+                         f"cosine over the time budget), got max_minutes={cfg.train.max_minutes}, "
+                         f"schedule={cfg.train.schedule!r}")
     if from_first and cfg.dataset.memory_frames < 1:
         raise ValueError("dataset.memory_frames: model.residual_from_first_frame needs at least 1 (memory slot 0 is "
                          f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
@@ -288,6 +296,33 @@ def validate(model: VideoDiT, codec, clips: ClipDataset, n_clips: int, num_steps
 
 # ---------------------------------------------------------------------------------------------
 @dataclass
+class TrainingClock:
+    """Training wall time over resumes: what earlier runs of the output_dir took plus this run's so far."""
+
+    before: float = 0.0  # training seconds of earlier runs of this output_dir
+    started: float = field(default_factory=time.time)
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.started
+
+
+def cosine_over_steps_or_time(loop: LoopConfig, clock: TrainingClock):
+    """The LR factor of linear warmup + cosine, at a step: progress is the further of step / train.steps and
+    training time / train.max_minutes (train.anneal_by_time). A plain function, so the scheduler's checkpoint
+    holds only its step: a resumed run reads the clock, restored from trainer_state.json, again."""
+    warmup, steps, max_seconds = loop.warmup_steps, loop.steps, 60 * loop.max_minutes
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        by_steps = (step - warmup) / max(1, steps - warmup)
+        progress = min(1.0, max(by_steps, clock.seconds() / max_seconds))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
 class Run:
     """Everything one training run holds, built by `start_run`; the loop in `train` reads like nanoGPT's."""
 
@@ -303,10 +338,9 @@ class Run:
     codec: torch.nn.Module
     val_clips: ClipDataset | None
     resolved: dict  # the resolved config written beside every checkpoint
+    clock: TrainingClock
     state_weight: torch.Tensor | None = None  # per-dimension state loss weights (diffusion.balance_state_dims)
     step: int = 0
-    wall_before: float = 0.0  # training seconds of earlier runs of this output_dir
-    started: float = field(default_factory=time.time)
 
     @property
     def is_main(self) -> bool:
@@ -317,7 +351,7 @@ class Run:
         return self.accelerator.unwrap_model(self.model)
 
     def wall_seconds(self) -> float:
-        return self.wall_before + time.time() - self.started
+        return self.clock.seconds()
 
 
 def start_run(cfg: TrainConfig) -> Run:
@@ -366,8 +400,12 @@ def start_run(cfg: TrainConfig) -> Run:
         write_json_atomic(out / "train_config.json", resolved)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay, betas=(0.9, 0.99))
-    scheduler = get_scheduler(loop.schedule, optimizer, num_warmup_steps=loop.warmup_steps,
-                              num_training_steps=loop.steps)
+    clock = TrainingClock()
+    if loop.anneal_by_time:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_over_steps_or_time(loop, clock))
+    else:
+        scheduler = get_scheduler(loop.schedule, optimizer, num_warmup_steps=loop.warmup_steps,
+                                  num_training_steps=loop.steps)
     loader = torch.utils.data.DataLoader(drawn_clips, batch_size=loop.batch_size, shuffle=True, drop_last=True,
                                          num_workers=loop.num_workers, persistent_workers=loop.num_workers > 0)
     if len(loader) == 0:
@@ -384,9 +422,9 @@ def start_run(cfg: TrainConfig) -> Run:
         state_weight = balanced_state_weight(torch.as_tensor(train_clips.state_change_std(), dtype=torch.float32),
                                              torch.tensor(model_config.state_std, dtype=torch.float32))
     run = Run(cfg, out, accelerator, model, optimizer, scheduler, loader, ema, noise, codec, val_clips, resolved,
-              state_weight=state_weight)
+              clock, state_weight=state_weight)
     if cfg.resume and latest_file.exists():
-        run.step, run.wall_before = resume_from_checkpoint(accelerator, latest_file.parent)
+        run.step, clock.before = resume_from_checkpoint(accelerator, latest_file.parent)
         if run.is_main:
             drop_metrics_after(out / "metrics.jsonl", run.step)
     return run
@@ -534,7 +572,7 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.init_trackers("worldmodel")
     run.model.train()
     progress = tqdm(total=loop.steps, initial=run.step, desc="training", disable=not run.is_main, unit="step")
-    run.started, start_step, clips_seen = time.time(), run.step, 0
+    run.clock.started, start_step, clips_seen = time.time(), run.step, 0
     data = batches(run)
     stop = False
     while run.step < loop.steps and not stop:
@@ -555,7 +593,7 @@ def train(cfg: TrainConfig) -> Path:
         if run.step % loop.checkpoint_every == 0 or last:
             save_checkpoint(run)
     progress.close()
-    write_summary(run, start_step, clips_seen, time.time() - run.started)
+    write_summary(run, start_step, clips_seen, time.time() - run.clock.started)
     end_processes(run)
     return run.out
 

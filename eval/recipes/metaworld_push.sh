@@ -5,7 +5,8 @@
 #     SCALE=cpu bash eval/recipes/metaworld_push.sh    # the tiny design on 2 CPU cores: ~30 min recording,
 #                                                      # at most TRAIN_MINUTES=120 min training (6,400 steps, capped at
 #                                                      # TINY_MINUTES=95, then 2,000 with the state cut off the pictures
-#                                                      # and the aimed pushes added, capped at what the 120 leave),
+#                                                      # and the aimed pushes added, capped at what the 120 leave,
+#                                                      # eval.budget; a capped run's cosine ends at its cap),
 #                                                      # ~60 min of benchmarks
 #     SCALE=smoke bash eval/recipes/metaworld_push.sh  # the same steps at toy sizes (a few minutes on a CPU)
 #     TASK=reach-v3 SCALE=cpu bash eval/recipes/metaworld_push.sh  # any MetaWorld v3 task with a scripted expert
@@ -85,28 +86,14 @@ train() {  # name preset steps minutes lr [more flags]
   shift 5
   [[ -f $out/model/config.json ]] && { echo "$out: done"; return; }
   [[ -f $out/checkpoints/latest ]] && resume=true
-  [[ -n $minutes ]] && budget=(--train.max_minutes="$minutes")
+  # A capped run's cosine anneals over the time as well (train.anneal_by_time): on a machine slower than planned
+  # the clock, not the step count, ends it, and it still ends at a learning rate of zero instead of mid-cosine.
+  [[ -n $minutes ]] && budget=(--train.max_minutes="$minutes" --train.anneal_by_time=true)
   $PY -m worldmodel.train --dataset.root="$TRAIN_DATA" --model.preset="$preset" --dataset.clip_frames=6 \
     --dataset.memory_frames=3 --train.steps="$steps" --train.batch_size="$BATCH" --train.lr="$lr" \
     --train.warmup_steps=$(( steps / 20 + 1 )) --train.val_every=$(( steps / 4 + 1 )) \
     --train.checkpoint_every="${CHECKPOINT_EVERY:-$(( steps / 8 + 1 ))}" --train.val_episodes=2 \
     --train.val_clips="$VAL_CLIPS" --train.num_workers="$NUM_WORKERS" "${budget[@]}" --output_dir="$out" --resume="$resume" "$@"
-}
-minutes_left() {  # TRAIN_MINUTES less the training behind the `wm train` output folder $1 (over resumes and init_from)
-  $PY - "$1/model" "$TRAIN_MINUTES" <<'PYEOF'
-import math, sys
-from worldmodel.train import initial_training  # the same count stage 2's train_summary.json adds to its own
-stage1 = initial_training(sys.argv[1])
-if stage1 is None:
-    sys.exit(f"TRAIN_MINUTES: no train_summary.json in or beside {sys.argv[1]}, so the time it took is unknown")
-used = stage1["wall_seconds"] / 60
-# less half a minute: the cap is checked after each step, so the step in flight and the save run past it
-# (the shipped stage 2, capped at exactly what was left, ran 4.5 s over)
-left = math.floor(10 * (float(sys.argv[2]) - used - 0.5)) / 10
-if left <= 0:
-    sys.exit(f"TRAIN_MINUTES={sys.argv[2]}: {sys.argv[1]} already took {used:.1f} min; nothing left for stage 2")
-print(f"{left:.1f}")
-PYEOF
 }
 STAGE1_EPISODES="[$(seq -s, 0 $(( EPISODES + PLAY_TOURS - 1 )))]"  # the push episodes and the play tours
 for name in $MODELS; do
@@ -123,7 +110,8 @@ for name in $MODELS; do
   # longer fall short (the ranking rose to Pearson 0.88 / 0.92, Spearman 0.96, eval/results/ablation_cpu_contact.md).
   # Stage 2's time cap: BLIND_MINUTES if set, else what TRAIN_MINUTES (both stages) leaves after stage 1's wall time.
   blind_minutes=$BLIND_MINUTES
-  [[ -z $blind_minutes && -n $TRAIN_MINUTES ]] && blind_minutes=$(minutes_left "$WORK/train/$name")
+  [[ -z $blind_minutes && -n $TRAIN_MINUTES ]] &&
+    blind_minutes=$($PY -m eval.budget --init_from="$WORK/train/$name/model" --total_minutes="$TRAIN_MINUTES")
   train "${name}_state_blind" "$name" "$BLIND_STEPS" "$blind_minutes" "$BLIND_LR" --model.state_reads_pictures=false \
     --diffusion.balance_state_dims=true --init_from="$WORK/train/$name/model"
 done
