@@ -64,6 +64,36 @@ def test_bounded_over_1000_frames_and_keeps_distinct_places():
     assert (found["pose"][:, 0, 0].round() == 2).all() and (found["step"] > 900).all()  # the latest visit
 
 
+def test_a_full_memory_keeps_frames_spread_over_the_whole_path():
+    # The hand sweeps x from 0 to 1 in 101 frames into an 8-slot memory: the kept frames must cover the sweep, not
+    # stay crowded at its start (as when a new frame replaces the stored one nearest to it), so any place on the path
+    # retrieves a frame seen nearby.
+    mem = memory(capacity=8, B=1)
+    store_poses(mem, torch.stack([torch.tensor([[x, 0.0, 0.0]]) for x in torch.linspace(0, 1, 101).tolist()]))
+    # (Replacing the nearest: 7 frames in x <= 0.07 and one at 1.0. Evenly spread: gaps of 1/7; a streaming cover
+    # keeps gaps within a few times that.)
+    kept = mem.pose[0, :, 0].sort().values
+    assert kept.diff().max() <= 0.35 and kept[0] <= 0.05 and kept[-1] >= 0.95
+    for x in torch.linspace(0, 1, 21).tolist():
+        found = mem.retrieve(torch.tensor([[x, 0.0, 0.0]]), k=1)
+        assert (found["pose"][0, 0, 0] - x).abs() <= 0.175
+
+
+def test_a_place_is_refreshed_where_it_was_kept_and_does_not_creep_with_a_slow_hand():
+    mem = memory(capacity=4, B=1)
+    places = [torch.tensor([[float(p), 0.0, 0.0]]) for p in range(4)]
+    store_poses(mem, torch.stack(places))  # 4 places 1 apart fill the memory
+    # The hand creeps from place 0 towards place 1 in steps of 0.01: place 0's frame is refreshed while the hand is
+    # within half the spacing of where place 0 was first seen, then nothing is stored; the place never moves.
+    for i in range(1, 100):
+        mem.store(torch.full((1, 1, 2, 2), 100.0 + i), torch.zeros(1, 5), torch.tensor([[0.01 * i, 0.0, 0.0]]),
+                  torch.tensor([100 + i]))
+    assert sorted(mem.anchor[0, :, 0].tolist()) == [0.0, 1.0, 2.0, 3.0]
+    found = mem.retrieve(torch.tensor([[0.0, 0.0, 0.0]]), k=1)
+    assert found["step"].item() == 150 and abs(found["pose"][0, 0, 0].item() - 0.5) < 1e-6  # the last within 0.5
+    assert mem.retrieve(torch.tensor([[1.0, 0.0, 0.0]]), k=1)["step"].item() == 199  # place 1 refreshed on arrival
+
+
 def test_per_rollout_clear_and_weights():
     mem = memory(B=2, pose_weights=[1.0, 0.0, 0.0])  # only x counts
     store_poses(mem, torch.tensor([[[0.0, 0, 0]] * 2, [[1.0, 5.0, 5.0]] * 2]))

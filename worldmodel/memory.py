@@ -12,10 +12,20 @@ with `pose_weights` w_i (default 1 for every component). For MetaWorld the pose 
 opening, all with weight 1 (the gripper's range, 0-1, is a few times the hand's workspace in metres,
 so open/closed views are kept apart).
 
-The memory is batched over B independent rollouts and bounded: each holds at most `capacity` frames.
-When full, a new frame replaces the stored frame nearest to it in pose (a revisit refreshes that
-place's appearance; distinct places are kept), so coverage of the workspace is preserved. Storing and
-retrieving are vectorised over rollouts and slots: the cost does not grow with rollout length.
+The memory is batched over B independent rollouts and bounded: each holds at most `capacity` frames,
+one per place. A slot's place is the pose of the frame that opened it (its anchor); once full, a new
+frame
+  - farther from every anchor than the two closest anchors are from each other is a new place: it
+    opens a slot, and of those two closest places the one with the nearer other neighbour (the more
+    crowded) is forgotten;
+  - within half that spacing of an anchor is a visit to that place: it replaces the frame there (the
+    place's latest appearance: the object may have moved), the anchor staying where it is;
+  - anywhere between is near a place already kept and is not stored.
+So the kept places spread over everywhere the rollout has been (a streaming farthest-point cover) and never
+creep along with the hand. The rule before this one, a new frame replacing the stored frame nearest to it,
+kept the crowd of frames from the rollout's first seconds and one slot that trailed the hand, so a place
+left long ago was not there to retrieve (eval/results/memory_probe_*.md). Storing and retrieving are
+vectorised over rollouts and slots: the cost does not grow with rollout length.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ class PoseMemory:
         self.latents = torch.zeros(B, C, *latent_shape, device=device, dtype=dtype)
         self.state = torch.zeros(B, C, state_dim, device=device, dtype=dtype)
         self.pose = torch.zeros(B, C, pose_dim, device=device, dtype=dtype)
+        self.anchor = torch.zeros(B, C, pose_dim, device=device, dtype=dtype)  # the pose that opened the slot
         self.step = torch.full((B, C), -1, dtype=torch.long, device=device)
         self.valid = torch.zeros(B, C, dtype=torch.bool, device=device)
         weights = config.pose_weights or [1.0] * pose_dim
@@ -73,7 +84,7 @@ class PoseMemory:
         rows = torch.ones_like(self.valid[:, 0]) if rollouts is None else rollouts
         self.valid[rows] = False
         self.step[rows] = -1
-        for stored in (self.latents, self.state, self.pose):  # a NaN left behind would poison distances
+        for stored in (self.latents, self.state, self.pose, self.anchor):  # a NaN left behind would poison distances
             stored[rows] = 0.0
 
     def store(self, latents: torch.Tensor, state: torch.Tensor, pose: torch.Tensor, step: torch.Tensor,
@@ -82,19 +93,40 @@ class PoseMemory:
         `active` (B,) bool: rollouts that store this time (default all)."""
         B = latents.shape[0]
         rows = torch.arange(B, device=latents.device)
-        # Free slot if any; otherwise the slot nearest in pose to the new frame.
-        free = (~self.valid).float()
-        has_free = self.valid.logical_not().any(dim=1)
-        nearest = self.distance(pose, self.pose).masked_fill(~self.valid, float("inf")).argmin(dim=1)
-        slot = torch.where(has_free, free.argmax(dim=1), nearest)
+        slot, opens, stores = self.slot_for(pose)
         if active is not None:
-            rows, slot = rows[active], slot[active]
-            latents, state, pose, step = latents[active], state[active], pose[active], step[active]
+            stores = stores & active
+        rows, slot, opens = rows[stores], slot[stores], opens[stores]
+        latents, state, pose, step = latents[stores], state[stores], pose[stores], step[stores]
         self.latents[rows, slot] = latents.to(self.latents.dtype)
         self.state[rows, slot] = state.to(self.state.dtype)
         self.pose[rows, slot] = pose.to(self.pose.dtype)
+        self.anchor[rows[opens], slot[opens]] = pose[opens].to(self.anchor.dtype)
         self.step[rows, slot] = step
         self.valid[rows, slot] = True
+
+    def slot_for(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where a new frame at `pose` (B, P) goes (the rule in the module docstring): slot (B,), opens (B,) (a new
+        place: the slot's anchor becomes this pose) and stores (B,) (False: near a kept place, not stored)."""
+        B, C, P = self.anchor.shape
+        free = ~self.valid
+        has_free = free.any(dim=1)
+        to_new = self.distance(pose, self.anchor).masked_fill(~self.valid, float("inf"))  # (B, C)
+        to_new, nearest = to_new.min(dim=1)
+        between = self.distance(self.anchor.reshape(B * C, P), self.anchor.repeat_interleave(C, dim=0))
+        between = between.reshape(B, C, C).masked_fill(torch.eye(C, dtype=torch.bool, device=pose.device),
+                                                       float("inf"))  # (B, C, C)
+        spacing, pair = between.reshape(B, C * C).min(dim=1)  # squared distance of the closest two places
+        first, second = pair // C, pair % C
+        rows = torch.arange(B, device=pose.device)
+        crowding = []  # each one's distance to its nearest place other than the two
+        for this, other in ((first, second), (second, first)):
+            crowding.append(between[rows, this].scatter(1, other[:, None], float("inf")).min(dim=1).values)
+        crowded = torch.where(crowding[0] <= crowding[1], first, second)
+        new_place = to_new > spacing
+        visit = to_new <= spacing / 4  # within half the spacing (distances are squared)
+        slot = torch.where(has_free, free.float().argmax(dim=1), torch.where(new_place, crowded, nearest))
+        return slot, has_free | new_place, has_free | new_place | visit
 
     def retrieve(self, query_pose: torch.Tensor, k: int, exclude_after: torch.Tensor | None = None):
         """The k stored frames nearest to `query_pose` (B, P), skipping frames with step > exclude_after
