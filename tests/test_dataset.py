@@ -307,7 +307,7 @@ def test_writing_an_episode_leaves_the_thread_at_normal_priority(tmp_path):
 
 
 def test_clips_near_the_object_are_those_with_a_frame_where_the_hand_is_within_the_radius(clips):
-    from worldmodel.train import LoopConfig, oversample_near_object
+    from worldmodel.train import LoopConfig, oversample_clips
 
     radius = float(np.median(np.linalg.norm(clips.cache.states[:, 0:3] - clips.cache.states[:, 4:7], axis=1)))
     near = clips.clips_near_object(radius)
@@ -315,10 +315,38 @@ def test_clips_near_the_object_are_those_with_a_frame_where_the_hand_is_within_t
     for index in range(len(clips)):
         state = clips[index]["state"].numpy()
         assert near[index] == bool((np.linalg.norm(state[:, 0:3] - state[:, 4:7], axis=1) < radius).any())
-    drawn = oversample_near_object(clips, LoopConfig(near_object_repeat=3, near_object_m=radius))
+    drawn = oversample_clips(clips, LoopConfig(near_object_repeat=3, near_object_m=radius))
     counts = np.bincount(np.asarray(drawn.indices), minlength=len(clips))
     np.testing.assert_array_equal(counts, np.where(near, 3, 1))
-    assert oversample_near_object(clips, LoopConfig()) is clips  # the default draws every clip once
+    assert oversample_clips(clips, LoopConfig()) is clips  # the default draws every clip once
+
+
+def test_clips_revisiting_are_those_where_the_hand_comes_back_to_a_place_it_left(tiny_dataset_root):
+    from worldmodel.train import LoopConfig, oversample_clips
+
+    clips = ClipDataset(config(tiny_dataset_root, memory_frames=2, memory_min_gap_frames=4))
+    real = clips.cache.states
+    try:
+        # Every episode: the hand goes 30 cm out along x and comes back to where it started.
+        states = real.copy()
+        for start, n in zip(clips.cache.episode_start, clips.cache.episode_length):
+            states[start:start + n, 0:3] = 0.0
+            states[start:start + n, 0] = 0.3 * np.sin(np.pi * np.arange(n) / (n - 1))
+        clips.cache.states = states
+        revisiting = clips.clips_revisiting(near_m=0.03, away_m=0.10)
+        assert revisiting.shape == (len(clips),)
+        for episode in range(len(clips.cache.episode_start)):
+            first = int(np.sum(clips._starts_per_episode[:episode]))
+            last = first + clips._starts_per_episode[episode] - 1
+            assert not revisiting[first] and revisiting[last]  # nothing to come back to yet; back at the start
+        drawn = oversample_clips(clips, LoopConfig(revisit_repeat=3))
+        np.testing.assert_array_equal(np.bincount(np.asarray(drawn.indices), minlength=len(clips)),
+                                      np.where(revisiting, 3, 1))
+        # A hand that never leaves its place revisits nothing.
+        states[:, 0] = 0.0
+        assert not clips.clips_revisiting(near_m=0.03, away_m=0.10).any()
+    finally:
+        clips.cache.states = real
 
 
 def test_near_object_indices_must_name_a_position_inside_the_state(tiny_dataset_root):

@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from worldmodel.command import fit_command_gain, integrate_commands, one_step_gain
+from worldmodel.metrics import revisit_frames
 
 CACHE_FORMAT_VERSION = 1
 
@@ -481,6 +482,22 @@ class ClipDataset(torch.utils.data.Dataset):
             rows = int(start) + np.arange(n_clips)[:, None] + frame_offsets  # (clips, T) each clip's rows
             per_episode.append(near_row[rows].any(1))
         return np.concatenate(per_episode)
+
+    def clips_revisiting(self, near_m: float, away_m: float) -> np.ndarray:
+        """(len(self),) bool: clips with a frame at which the hand is back within `near_m` of where it was at least
+        `memory_min_gap_frames` frames earlier, having been farther than `away_m` from there in between
+        (metrics.revisit_frames on the episode's frames, at the clip's phase of frame_stride): the clips whose
+        pose-retrieved memory frame can show the place as it was seen long ago. In clip index order."""
+        cfg, cache = self.cfg, self.cache
+        hand, stride = cache.states[:, cfg.pose_indices[:3]], cfg.frame_stride
+        revisit_row = np.zeros(len(hand), dtype=bool)
+        for start, length in zip(cache.episode_start, cache.episode_length):
+            for phase in range(min(stride, int(length))):
+                rows = int(start) + np.arange(phase, int(length), stride)
+                revisit_row[rows[revisit_frames(hand[rows], near_m, away_m, cfg.memory_min_gap_frames)]] = True
+        frame_offsets = stride * np.arange(cfg.clip_frames)
+        return np.concatenate([revisit_row[int(start) + np.arange(n_clips)[:, None] + frame_offsets].any(1)
+                               for start, n_clips in zip(cache.episode_start, self._starts_per_episode)])
 
     def action_to_pose(self) -> list[list[float]]:
         """(A, P) pose change per env action, least squares over every step of every cached episode (the

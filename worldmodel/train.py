@@ -95,6 +95,10 @@ class LoopConfig:
     # every clip once). The grasp is a small part of the data and decides a push: eval/results/expert_trace_*.
     near_object_repeat: int = 1
     near_object_m: float = 0.08
+    # Draw the clips in which the hand revisits a place (back within 3 cm of where it was at least
+    # dataset.memory_min_gap_frames frames before, having left it by 10 cm) this many times per epoch: the clips whose
+    # pose-retrieved memory frame shows the place seen long ago, the only clips that ask the network to read it.
+    revisit_repeat: int = 1
 
 
 @dataclass
@@ -217,8 +221,12 @@ def check_config(cfg: TrainConfig) -> None:
                          f"(model.patch_size; pixel frames are cut into {patch}x{patch} patches)")
     if cfg.init_from is not None:
         check_folder_kind(cfg.init_from, "VideoDiT")
-    if cfg.train.near_object_repeat < 1:
-        raise ValueError(f"train.near_object_repeat: expected >= 1 (1 draws every clip once), got {cfg.train.near_object_repeat}")
+    for name in ("near_object_repeat", "revisit_repeat"):
+        if getattr(cfg.train, name) < 1:
+            raise ValueError(f"train.{name}: expected >= 1 (1 draws every clip once), got {getattr(cfg.train, name)}")
+    if cfg.train.revisit_repeat > 1 and cfg.dataset.memory_frames < 2:
+        raise ValueError("train.revisit_repeat: needs dataset.memory_frames >= 2 (slot 0 is the first frame; the "
+                         f"pose-retrieved ones are what a revisit is for), got {cfg.dataset.memory_frames}")
     if cfg.train.anneal_by_time and (cfg.train.max_minutes is None or cfg.train.schedule != "cosine"):
         raise ValueError("train.anneal_by_time: needs train.max_minutes and train.schedule=cosine (it anneals the "
                          f"cosine over the time budget), got max_minutes={cfg.train.max_minutes}, "
@@ -228,17 +236,24 @@ def check_config(cfg: TrainConfig) -> None:
                          f"the episode's first frame, the anchor of every predicted picture), got {cfg.dataset.memory_frames}")
 
 
-def oversample_near_object(clips: ClipDataset, loop: LoopConfig, say=print) -> torch.utils.data.Dataset:
-    """The training clips with those near the object listed loop.near_object_repeat times (a plain shuffled
-    loader then draws them that much more often, and a resumed run sees the same order). `say`: the main
-    process's print under accelerate."""
-    if loop.near_object_repeat == 1:
+def oversample_clips(clips: ClipDataset, loop: LoopConfig, say=print) -> torch.utils.data.Dataset:
+    """The training clips with those near the object listed loop.near_object_repeat times and those revisiting a
+    place loop.revisit_repeat times (a plain shuffled loader then draws them that much more often, and a resumed
+    run sees the same order). `say`: the main process's print under accelerate."""
+    if loop.near_object_repeat == 1 and loop.revisit_repeat == 1:
         return clips
-    near = np.flatnonzero(clips.clips_near_object(loop.near_object_m))
-    extra = np.tile(near, loop.near_object_repeat - 1)
-    say(f"near_object_repeat: {len(near)} of {len(clips)} clips come within {loop.near_object_m} m of the object; "
-          f"each is drawn {loop.near_object_repeat} times per epoch")
-    return torch.utils.data.Subset(clips, np.concatenate([np.arange(len(clips)), extra]).tolist())
+    drawn = [np.arange(len(clips))]
+    if loop.near_object_repeat > 1:
+        near = np.flatnonzero(clips.clips_near_object(loop.near_object_m))
+        drawn.append(np.tile(near, loop.near_object_repeat - 1))
+        say(f"near_object_repeat: {len(near)} of {len(clips)} clips come within {loop.near_object_m} m of the "
+            f"object; each is drawn {loop.near_object_repeat} times per epoch")
+    if loop.revisit_repeat > 1:
+        revisiting = np.flatnonzero(clips.clips_revisiting(near_m=0.03, away_m=0.10))
+        drawn.append(np.tile(revisiting, loop.revisit_repeat - 1))
+        say(f"revisit_repeat: {len(revisiting)} of {len(clips)} clips revisit a place left "
+            f"{clips.cfg.memory_min_gap_frames}+ frames before; each is drawn {loop.revisit_repeat} times per epoch")
+    return torch.utils.data.Subset(clips, np.concatenate(drawn).tolist())
 
 
 def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
@@ -380,7 +395,7 @@ def start_run(cfg: TrainConfig) -> Run:
     with accelerator.main_process_first():
         train_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": train_episodes}))
         val_clips = ClipDataset(DatasetConfig(**{**asdict(cfg.dataset), "episodes": val_episodes})) if val_episodes else None
-    drawn_clips = oversample_near_object(train_clips, loop, say=accelerator.print)
+    drawn_clips = oversample_clips(train_clips, loop, say=accelerator.print)
     codec = make_codec(cfg).to(accelerator.device)
     if cfg.codec.autoencoder is not None and cfg.codec.precompute_latents:
         with accelerator.main_process_first():
