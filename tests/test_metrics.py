@@ -121,6 +121,8 @@ def test_revisit_frames_finds_returns_after_leaving():
     # Leaving only 5 cm (less than `away`) is not leaving.
     short_trip = np.stack([a] * 5 + [np.array([0.05, 0, 0])] * 10 + [a] * 5)
     assert revisit_frames(short_trip, min_gap=12).size == 0
+    # The smallest gap: back two frames after being away for one.
+    assert revisit_frames(np.stack([a, far, a]), min_gap=1).tolist() == [2]
 
 
 def test_the_success_rule_reads_the_last_frames_or_any():

@@ -212,6 +212,7 @@ def revisit_frames(positions: np.ndarray, near: float = 0.03, away: float = 0.10
     T = len(positions)
     distance = np.linalg.norm(positions[:, None] - positions[None], axis=-1)  # (T, T)
     revisits = []
+    min_gap = max(min_gap, 2)  # leaving needs a frame between the two
     for t in range(min_gap, T):
         for s in range(t - min_gap + 1):
             if distance[t, s] < near and distance[s + 1:t, s].max() > away:
