@@ -219,6 +219,17 @@ def test_a_time_annealed_cosine_follows_whichever_runs_out_first_and_ends_at_zer
     assert lrs[-1] < 0.1 * 2e-3 < after_warmup[0]
 
 
+def test_revisit_repeat_without_pose_retrieved_memory_frames_is_refused():
+    import draccus
+
+    from worldmodel.train import TrainConfig, check_config
+
+    for args in (["--train.revisit_repeat=0"], ["--train.revisit_repeat=2", "--dataset.memory_frames=1"]):
+        cfg = draccus.parse(TrainConfig, args=[*args, "--dataset.root=/nonexistent"])
+        with pytest.raises(ValueError, match="train.revisit_repeat"):
+            check_config(cfg)
+
+
 def test_anneal_by_time_without_a_time_cap_or_with_another_schedule_is_refused():
     import draccus
 

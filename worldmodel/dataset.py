@@ -475,12 +475,15 @@ class ClipDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{name}: expected 3 indices of a position inside the state of size "
                                  f"{self.state_dim}, got {list(indices)}")
         gap = cache.states[:, cfg.pose_indices[:3]] - cache.states[:, cfg.object_indices]
-        near_row = np.linalg.norm(gap, axis=1) < radius_m  # (rows,)
-        frame_offsets = cfg.frame_stride * np.arange(cfg.clip_frames)
+        return self._clips_with_any(np.linalg.norm(gap, axis=1) < radius_m)
+
+    def _clips_with_any(self, row_flag: np.ndarray) -> np.ndarray:
+        """(len(self),) bool: clips with at least one frame whose cached row is flagged in `row_flag` (rows,)."""
+        frame_offsets = self.cfg.frame_stride * np.arange(self.cfg.clip_frames)
         per_episode = []
-        for start, n_clips in zip(cache.episode_start, self._starts_per_episode):
+        for start, n_clips in zip(self.cache.episode_start, self._starts_per_episode):
             rows = int(start) + np.arange(n_clips)[:, None] + frame_offsets  # (clips, T) each clip's rows
-            per_episode.append(near_row[rows].any(1))
+            per_episode.append(row_flag[rows].any(1))
         return np.concatenate(per_episode)
 
     def clips_revisiting(self, near_m: float, away_m: float) -> np.ndarray:
@@ -495,9 +498,7 @@ class ClipDataset(torch.utils.data.Dataset):
             for phase in range(min(stride, int(length))):
                 rows = int(start) + np.arange(phase, int(length), stride)
                 revisit_row[rows[revisit_frames(hand[rows], near_m, away_m, cfg.memory_min_gap_frames)]] = True
-        frame_offsets = stride * np.arange(cfg.clip_frames)
-        return np.concatenate([revisit_row[int(start) + np.arange(n_clips)[:, None] + frame_offsets].any(1)
-                               for start, n_clips in zip(cache.episode_start, self._starts_per_episode)])
+        return self._clips_with_any(revisit_row)
 
     def action_to_pose(self) -> list[list[float]]:
         """(A, P) pose change per env action, least squares over every step of every cached episode (the
