@@ -111,6 +111,8 @@ class PoseMemory:
         B, C, P = self.anchor.shape
         free = ~self.valid
         has_free = free.any(dim=1)
+        if has_free.all():  # still filling (every frame of a rollout shorter than the memory): no place is forgotten
+            return free.float().argmax(dim=1), has_free, has_free
         to_new = self.distance(pose, self.anchor).masked_fill(~self.valid, float("inf"))  # (B, C)
         to_new, nearest = to_new.min(dim=1)
         between = self.distance(self.anchor.reshape(B * C, P), self.anchor.repeat_interleave(C, dim=0))
