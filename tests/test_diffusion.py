@@ -219,6 +219,35 @@ def test_memory_anchored_models_add_the_change_to_the_memory_frame_nearest_the_a
     assert loss(0, without_slot_1) == 0.0  # the first frame (pose 0) is nearer to 2.5 than slot 2 (pose -5)
 
 
+@pytest.mark.parametrize("gate,dropped,shown", [(0.0, False, 0), (1.0, False, 1), (1.0, True, 0)])
+def test_a_memory_gated_model_takes_its_gate_s_share_of_the_view_nearest_in_pose(gate, dropped, shown):
+    """pixel_gate_from_memory in training: each predicted pixel is the first frame + gate x (the memory frame nearest
+    in pose to the frame the clip follows - the first frame) + the network's change. Untrained, the gate is zero: the
+    first-frame design, whatever memory holds. With a gate of 1 it redraws the nearest view (slot 1), and the first
+    frame where the clip's memory is dropped. The loss is zero exactly when the future frames show that picture."""
+    design = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True, condition_on_state=True,
+                  residual_from_first_frame=True, condition_on_command=False)
+    sizes = dict(num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+    with pytest.raises(ValueError, match="pixel_gate_from_memory"):
+        make_model(build_config("tiny", {**design, "pixel_gate_from_memory": True, "pixel_anchor_from_memory": True},
+                                **sizes))
+    model = make_model(build_config("tiny", {**design, "pixel_gate_from_memory": True}, **sizes))
+    with torch.no_grad():
+        model.out_view_gate.bias.fill_(gate)
+    fm = FlowMatching(DiffusionConfig(memory_dropout=1.0 if dropped else 0.0))
+    pictures = torch.rand(2, 3, 1, 3, 8, 8)  # slot 0: the first frame, at pose 0; slot 1 at pose 3; slot 2 at -5
+    memory_state = torch.zeros(2, 3, 39)
+    memory_state[:, 1, :4], memory_state[:, 2, :4] = 3.0, -5.0
+    memory = {"latents": pictures, "state": model.normalize_state(memory_state), "frame_pos": -torch.ones(2, 3),
+              "valid": torch.tensor([[False, True, True]] * 2)}
+    state = torch.zeros(2, 5, 39)
+    state[..., :4] = 2.5  # the clip is nearest to slot 1's pose
+    state, actions = model.normalize_state(state), torch.randn(2, 5, 2, 4)
+    losses = [fm.loss(model, pictures[:, i:i + 1].expand(2, 5, 1, 3, 8, 8), state, actions, memory=memory,
+                      generator=torch.Generator().manual_seed(0))[0].item() for i in range(3)]
+    assert losses[shown] == 0.0 and all(loss > 0.01 for i, loss in enumerate(losses) if i != shown)
+
+
 REGRESSED = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True,
                  residual_from_first_frame=False, linear_state_dynamics=False, deterministic_state=True,
                  condition_on_command=False)

@@ -169,11 +169,13 @@ def test_bad_use_is_refused(model):
         StreamingSampler(model, SamplerConfig(recent_frames=12, window=4), 1)
 
 
-def residual_model(condition_on_state: bool, perturb: float, from_first_frame: bool = False, from_memory: bool = False):
+def residual_model(condition_on_state: bool, perturb: float, from_first_frame: bool = False, from_memory: bool = False,
+                   gate_from_memory: bool = False):
     torch.manual_seed(0)
     cfg = build_config("tiny", dict(hidden_size=64, depth=2, num_heads=2, patch_size=8, predict_residual=True,
                                     condition_on_state=condition_on_state, residual_from_first_frame=from_first_frame,
-                                    pixel_anchor_from_memory=from_memory, condition_on_command=False),
+                                    pixel_anchor_from_memory=from_memory, pixel_gate_from_memory=gate_from_memory,
+                                    condition_on_command=False),
                        num_views=V, latent_size=SIZE, image_size=SIZE, frame_stride=STRIDE, camera_keys=["a", "b"],
                        max_offset=12)
     m = make_model(cfg).eval()
@@ -228,6 +230,26 @@ def test_an_untrained_memory_anchored_model_redraws_the_remembered_frame_nearest
     sampler.reset(observed, states)
     latents, _ = run(sampler, 2)
     assert torch.equal(latents, observed[:, expected:expected + 1].expand_as(latents))
+
+
+@pytest.mark.parametrize("rolling", [True, False])
+@pytest.mark.parametrize("gate,k,expected", [(1.0, 2, 1), (0.0, 2, 0), (1.0, 0, 0)])
+def test_a_memory_gated_model_draws_its_gate_s_share_of_the_remembered_view_nearest_the_pose(rolling, gate, k, expected):
+    """pixel_gate_from_memory in the sampler: the view blended in is the one pixel_anchor_from_memory would anchor on
+    (the scene of the test above: frame 1). With every gate at 1 an untrained model redraws it; with the gates at zero
+    (untrained) or nothing in memory (k=0) it redraws the first frame."""
+    config = SamplerConfig(steps=4, window=2, rolling=rolling, recent_frames=2, memory=MemoryConfig(k=k, capacity=16))
+    model = residual_model(True, perturb=0.0, from_first_frame=True, gate_from_memory=True)
+    with torch.no_grad():
+        model.out_view_gate.bias.fill_(gate)
+    sampler = StreamingSampler(model, config, B)
+    g = torch.Generator().manual_seed(0)
+    observed = torch.rand(B, 5, V, 3, SIZE, SIZE, generator=g) * 2 - 1
+    states = torch.zeros(B, 5, 39)
+    states[:, [1, 4], :4] = 3.0
+    sampler.reset(observed, states)
+    latents, _ = run(sampler, 2)
+    torch.testing.assert_close(latents, observed[:, expected:expected + 1].expand_as(latents), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("gripper_weight,expected", [(1.0, 1), (10.0, 0)])

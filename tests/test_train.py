@@ -312,5 +312,19 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_one_that_does_not_fit(
     with pytest.raises(ValueError, match="init_from: .* does not fit"):
         train_main(train_args(tiny_dataset_root, tmp_path / "misfit", 2,
                               **{"init_from": trained / "model", "model.depth": 2}))
+    # A design's zero-initialised additions (the memory gate) are the one thing the loaded model may lack: they stay
+    # at zero, everything else is the loaded model's. The other way round (a gated model into a network without the
+    # gate) drops weights, and is refused.
+    gated = tmp_path / "gated"
+    train_main(train_args(tiny_dataset_root, gated, 2, **{"init_from": trained / "model", "train.lr": 0.0,
+                                                          "train.warmup_steps": 0, "model.pixel_gate_from_memory": "true"}))
+    tuned = load_file(gated / "model" / "diffusion_pytorch_model.safetensors")
+    added = sorted(tuned.keys() - source.keys())
+    assert added == ["out_view_gate.bias", "out_view_gate.weight", "view_patch_embed.bias", "view_patch_embed.weight"]
+    assert all(not tuned[key].any() for key in added)
+    for key in source:
+        torch.testing.assert_close(tuned[key], source[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="init_from: .* does not fit.*out_view_gate"):
+        train_main(train_args(tiny_dataset_root, tmp_path / "ungated", 2, **{"init_from": gated / "model"}))
     with pytest.raises(FileNotFoundError, match="no such folder"):
         train_main(train_args(tiny_dataset_root, tmp_path / "missing", 2, **{"init_from": tmp_path / "nothing"}))

@@ -170,8 +170,12 @@ class FlowMatching:
         anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
         anchor = clip_anchors(*anchor_source, in_loss, actions, actions_is_pad) if uses_anchor else None
         if mc.residual_from_first_frame:  # the clip's future frames follow its last context frame's pose
-            pixels = pixel_anchor_latents(getattr(model, "module", model), memory, anchor["state"][:, -1])
-            anchor["latents"] = first_frame_anchors(anchor["latents"], pixels, in_loss)
+            own, query = anchor["latents"], anchor["state"][:, -1]
+            anchor["latents"] = first_frame_anchors(own, pixel_anchor_latents(getattr(model, "module", model), memory,
+                                                                              query), in_loss)
+            if mc.pixel_gate_from_memory:
+                anchor["view"] = first_frame_anchors(own, memory_view_latents(getattr(model, "module", model), memory,
+                                                                              query), in_loss)
         if mc.condition_on_command:
             anchor["command"] = command_anchors(getattr(model, "module", model), command, anchor["state"], in_loss)
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
@@ -200,10 +204,12 @@ class FlowMatching:
         model's own: frames 1.. drawn together from frame 0 (real pictures and state) with the clip's actions, as
         the reference sampler does, and shown as a rollout commits them (pixels clamped to the codec's range)."""
         mc = model.cfg
+        from_first = mc.residual_from_first_frame
         own, _ = sample_full_sequence(
             model, latents[:, :1], model.denormalize_state(state0[:, :1]), actions, self.config.self_forcing_steps,
             actions_is_pad=actions_is_pad, generator=generator, command=command, memory=memory,
-            first_latents=pixel_anchor_latents(model, memory, state0[:, 0]) if mc.residual_from_first_frame else None)
+            first_latents=pixel_anchor_latents(model, memory, state0[:, 0]) if from_first else None,
+            view_latents=memory_view_latents(model, memory, state0[:, 0]) if mc.pixel_gate_from_memory else None)
         if mc.codec.get("type") == "pixel":
             own = own.clamp(-1.0, 1.0)
         own = torch.cat([latents[:, :1], own.to(latents.dtype)], dim=1)  # frame 0 stays real
@@ -276,9 +282,16 @@ def pixel_anchor_latents(model: VideoDiT, memory: dict | None, query_state: torc
     frame, or with pixel_anchor_from_memory the memory frame nearest in pose to `query_state` (B, S) normalised, the
     frame they follow. Slot 0, the first frame, is always a candidate; the other slots where they are valid (a clip
     whose memory is dropped keeps the first frame, as a rollout with nothing in memory does)."""
-    first = first_frame_latents(memory)
     if not model.cfg.pixel_anchor_from_memory:
-        return first
+        return first_frame_latents(memory)
+    return memory_view_latents(model, memory, query_state)
+
+
+def memory_view_latents(model: VideoDiT, memory: dict | None, query_state: torch.Tensor) -> torch.Tensor:
+    """(B, V, C, H, W) the memory frame nearest in pose to `query_state` (B, S) normalised, of slot 0 (the first
+    frame, always a candidate) and the other slots where they are valid: the pixel anchor of pixel_anchor_from_memory,
+    the view pixel_gate_from_memory blends in."""
+    first_frame_latents(memory)  # names a missing memory
     valid = memory["valid"].clone()
     valid[:, 0] = True
     pose = list(model.cfg.pose_indices)
@@ -339,6 +352,7 @@ def sample_full_sequence(
     generator: torch.Generator | None = None,
     command: torch.Tensor | None = None,  # (B, K + F, P) raw commanded pose; None: integrated from the last context frame
     first_latents: torch.Tensor | None = None,  # (B, V, C, H, W) the pixels' anchor (residual_from_first_frame); None: context frame 0
+    view_latents: torch.Tensor | None = None,  # (B, V, C, H, W) the memory view (pixel_gate_from_memory); None: the anchor
     memory: dict | None = None,  # clean memory frames for VideoDiT.encode_memory, as in training
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference sampler: all F future frames are denoised together from t=1 to 0 with Euler steps,
@@ -359,7 +373,10 @@ def sample_full_sequence(
                           actions_is_pad)
     if model.cfg.residual_from_first_frame:
         first = context_latents[:, 0] if first_latents is None else first_latents
-        anchor["latents"] = first_frame_anchors(anchor["latents"], first, is_future)
+        own = anchor["latents"]
+        anchor["latents"] = first_frame_anchors(own, first, is_future)
+        if model.cfg.pixel_gate_from_memory:  # no view given: the anchor itself, nothing to blend in
+            anchor["view"] = first_frame_anchors(own, first if view_latents is None else view_latents, is_future)
     if model.cfg.condition_on_command:
         if command is None:  # a rollout starts where it was commanded to be
             start = context_state[:, -1, list(model.cfg.pose_indices)]

@@ -63,6 +63,15 @@ class VideoDiTConfig:
     # stays the anchor where memory holds nothing (and in clips whose memory is dropped). Needs
     # residual_from_first_frame.
     pixel_anchor_from_memory: bool = False
+    # ... or keep the first frame as the anchor and let the pictures take, pixel by pixel, a learned share of the memory
+    # view: picture = first frame + g * (view - first frame) + the network's change, where the view is the frame (the
+    # first one included) nearest in pose to the newest clean frame, as above, and g one number per pixel that the
+    # network outputs. The view's difference from the first frame also enters each token. Both layers start at zero,
+    # so an untrained gate is the first-frame design (and a model trained without it fine-tunes from where it is),
+    # and copying a remembered place is one gate per pixel instead of something attention must rebuild from the
+    # view's tokens (a tiny network never learned to: eval/results/ablation_cpu_memory_revisit.md). Needs
+    # residual_from_first_frame; not with pixel_anchor_from_memory (the anchor would already be the view).
+    pixel_gate_from_memory: bool = False
     # The state change also gets a linear path (zero at init) from the env actions summed since the anchor:
     # position control moves the hand nearly linearly in the actions, which a transformer reads only slowly
     # through adaLN; the network adds the rest (contacts, the object). Needs predict_residual.
@@ -329,6 +338,12 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if cfg.pixel_anchor_from_memory and not cfg.residual_from_first_frame:
             raise ValueError("pixel_anchor_from_memory: needs residual_from_first_frame=True (the first frame is the "
                              "anchor where memory holds nothing)")
+        if cfg.pixel_gate_from_memory:
+            if not cfg.residual_from_first_frame or cfg.pixel_anchor_from_memory:
+                raise ValueError("pixel_gate_from_memory: needs residual_from_first_frame=True and "
+                                 "pixel_anchor_from_memory=False (the gate blends the memory view into the first frame)")
+            self.view_patch_embed = nn.Linear(cfg.latent_channels * p * p, D)
+            self.out_view_gate = nn.Linear(D, p * p)
         if cfg.deterministic_state and not cfg.predict_residual:
             raise ValueError("deterministic_state: needs predict_residual=True (the state token reads the anchor state)")
         if cfg.linear_state_dynamics:
@@ -399,6 +414,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
             outputs.append(self.actions_to_state)
         if self.cfg.condition_on_command:
             outputs.append(self.command_to_state)
+        if self.cfg.pixel_gate_from_memory:  # no memory view is read until training finds it worth reading
+            outputs += [self.view_patch_embed, self.out_view_gate]
         for layer in outputs:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -560,6 +577,22 @@ class VideoDiT(ModelMixin, ConfigMixin):
         offset = state.new_zeros(*state.shape[:2], len(cfg.pose_indices)) if cfg.condition_on_command else None
         return latents, state, None, offset
 
+    def memory_view_change(self, anchor, anchor_latents) -> torch.Tensor:
+        """pixel_gate_from_memory: how the memory view differs from each frame's pixel anchor (B, T, V, C, H, W); zero
+        for clean frames (their own view), so `anchor` may be left out when every frame is clean."""
+        if anchor is None:
+            return torch.zeros_like(anchor_latents)
+        if "view" not in anchor:
+            raise ValueError("anchor: a model with pixel_gate_from_memory needs anchor['view'] (B, T, V, C, H, W), the "
+                             "memory frame nearest in pose for frames being denoised and each clean frame's own latents")
+        return anchor["view"].to(anchor_latents.dtype) - anchor_latents
+
+    def zero_initialised_additions(self) -> list[str]:
+        """Names of the parameters pixel_gate_from_memory adds, zero at init: a model trained without them is this
+        network with them at zero, so --init_from may load it and leave them as they are."""
+        added = ("view_patch_embed.", "out_view_gate.") if self.cfg.pixel_gate_from_memory else ()
+        return [name for name, _ in self.named_parameters() if name.startswith(added)]
+
     def linear_state_change(self, action_sum, action_mask, B: int, T: int) -> torch.Tensor:
         """The linear part of the state change, from the actions since the anchor. -> (B, T, S) normalised."""
         change = self.actions_to_state(action_sum / self.action_std)
@@ -595,11 +628,16 @@ class VideoDiT(ModelMixin, ConfigMixin):
         N, L, p = cfg.tokens_per_view, cfg.tokens_per_frame, cfg.patch_size
 
         # Tokens: patches of every view (+ view, spatial, camera-pose embeddings) and one state token.
-        patches = rearrange(latents, "b t v c (h p1) (w p2) -> b t v (h w) (c p1 p2)", p1=p, p2=p)
+        def patchify(frames):  # (B, T, V, C, H, W) -> (B, T, V, N, C*p*p)
+            return rearrange(frames, "b t v c (h p1) (w p2) -> b t v (h w) (c p1 p2)", p1=p, p2=p)
+
+        patches = patchify(latents)
         x = self.patch_embed(patches) + self.spatial_pos + self.view_embed[:, None]  # (B, T, V, N, D)
         if cfg.residual_from_first_frame:  # what each token's change is added to
-            x = x + self.anchor_patch_embed(rearrange(anchor_latents, "b t v c (h p1) (w p2) -> b t v (h w) (c p1 p2)",
-                                                      p1=p, p2=p))
+            x = x + self.anchor_patch_embed(patchify(anchor_latents))
+        if cfg.pixel_gate_from_memory:  # and how the remembered view of this place differs from it
+            view_change = self.memory_view_change(anchor, anchor_latents)  # (B, T, V, C, H, W)
+            x = x + self.view_patch_embed(patchify(view_change))
         if camera_pose is None:  # zeros still go through the layer, so DDP sees every parameter used
             camera_pose = x.new_zeros(B, T, V, cfg.camera_pose_dim)
         x = x + self.camera_pose_embed(camera_pose.reshape(B, T, V, -1))[:, :, :, None]
@@ -638,6 +676,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
         out_state = self.out_state(x[:, :, -1])  # (B, T, S)
         if cfg.predict_residual:
             out_latents, out_state = anchor_latents + out_latents, anchor_state + out_state
+            if cfg.pixel_gate_from_memory:  # each pixel's share of the memory view
+                gate = rearrange(self.out_view_gate(image_x), "b t v (h w) (p1 p2) -> b t v 1 (h p1) (w p2)",
+                                 h=self.grid, p1=p, p2=p)
+                out_latents = out_latents + gate * view_change
             if cfg.linear_state_dynamics and action_sum is not None:
                 out_state = out_state + self.linear_state_change(action_sum, action_mask, B, T)
             if cfg.condition_on_command:  # zeros for clean frames still pass through (DDP sees every parameter)

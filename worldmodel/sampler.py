@@ -265,14 +265,10 @@ class StreamingSampler:
             x, s = self.frame_filter(x, s)
         return x, s
 
-    def pixel_anchor(self, found: dict | None) -> torch.Tensor:
-        """(B, V, C, H, W) the latents the frames being denoised add their pictures' change to: the newest clean
-        frame; the first frame for residual_from_first_frame; with pixel_anchor_from_memory, of the first frame and
-        the memory frames `found`, the one nearest in pose to the newest clean frame (as in training)."""
-        mc = self.model.cfg
-        if not mc.residual_from_first_frame:
-            return self.last_latents
-        if not mc.pixel_anchor_from_memory or found is None:
+    def nearest_view(self, found: dict | None) -> torch.Tensor:
+        """(B, V, C, H, W) of the first frame and the memory frames `found`, the one seen nearest in pose to the newest
+        clean frame (as in training); the first frame where memory found nothing."""
+        if found is None:
             return self.first_latents
         first_valid = torch.ones(self.B, 1, dtype=torch.bool, device=self.device)
         poses = torch.cat([self.first_pose[:, None], found["pose"]], 1)  # (B, 1 + k, P)
@@ -280,17 +276,27 @@ class StreamingSampler:
                                     self.memory.distance(self.last_state[:, self.pose_indices], poses),
                                     torch.cat([first_valid, found["valid"]], 1))
 
-    def _predict(self, x, s, t, actions, context, pixel_anchor):
+    def pixel_anchor(self, found: dict | None) -> torch.Tensor:
+        """(B, V, C, H, W) the latents the frames being denoised add their pictures' change to: the newest clean
+        frame; the first frame for residual_from_first_frame; with pixel_anchor_from_memory, the nearest view."""
+        mc = self.model.cfg
+        if not mc.residual_from_first_frame:
+            return self.last_latents
+        return self.nearest_view(found) if mc.pixel_anchor_from_memory else self.first_latents
+
+    def _predict(self, x, s, t, actions, context, found):
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1, attending to `context`,
-        their pictures' change added to `pixel_anchor` (B, V, C, H, W)."""
+        their pictures' change added to the pixel anchor of the memory frames `found` (retrieve's, or None)."""
         B, F = t.shape
         pos = torch.arange(F, device=self.device).expand(B, F).float()
         # Every frame being denoised is anchored on the newest clean frame (its pixels on `pixel_anchor`), as
         # future frames are in training.
-        anchor = {"latents": pixel_anchor[:, None].expand(B, F, *self.latent_shape),
+        anchor = {"latents": self.pixel_anchor(found)[:, None].expand(B, F, *self.latent_shape),
                   "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1),
                   # the frames being denoised follow the anchor one after another: actions since it accumulate
                   "action_sum": actions.sum(dim=2).cumsum(dim=1)}
+        if self.model.cfg.pixel_gate_from_memory:  # the view each pixel may take a share of
+            anchor["view"] = self.nearest_view(found)[:, None].expand(B, F, *self.latent_shape)
         if self.model.cfg.condition_on_command:  # and so do their commands
             anchor["command"] = self.model.normalize_pose(rollout_commands(self.model, self.command, actions))
         return guided_prediction(self.model, x, s, t, actions, None, self.config.guidance_scale,
@@ -321,9 +327,9 @@ class StreamingSampler:
             n = a.shape[1]
             x, s = self._noise(n, generator)
             found = self.retrieve(a[:, 0])
-            context, pixel_anchor = self.context(self.frames_done, found), self.pixel_anchor(found)
+            context = self.context(self.frames_done, found)
             for i in range(cfg.steps):
-                pred = self._predict(x, s, levels[i].expand(self.B, n), a, context, pixel_anchor)
+                pred = self._predict(x, s, levels[i].expand(self.B, n), a, context, found)
                 self.passes += 1
                 x = euler_step(x, pred["latents"], levels[i], levels[i + 1])
                 s = euler_step(s, pred["state"], levels[i], levels[i + 1])
@@ -351,7 +357,7 @@ class StreamingSampler:
             t = torch.stack([levels[f["level"]].expand(self.B) for f in window], dim=1)
             found = self.retrieve(a[:, 0])
             pred = self._predict(torch.stack([f["x"] for f in window], 1), torch.stack([f["s"] for f in window], 1),
-                                 t, a, self.context(self.frames_done, found), self.pixel_anchor(found))
+                                 t, a, self.context(self.frames_done, found), found)
             self.passes += 1
             for j, f in enumerate(window):
                 now, next_ = levels[f["level"]], levels[f["level"] + 1]

@@ -53,6 +53,7 @@ class ModelSpec:
     condition_on_command: bool | None = None
     state_reads_pictures: bool | None = None
     pixel_anchor_from_memory: bool | None = None
+    pixel_gate_from_memory: bool | None = None
 
 
 @dataclass
@@ -119,15 +120,17 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 def load_initial_weights(model: VideoDiT, path: str) -> None:
-    """--init_from: every parameter from a trained world model, which must have this network's exact shapes.
-    The normalisation statistics stay this run's (they come from its dataset)."""
+    """--init_from: every parameter from a trained world model, which must have this network's exact shapes, except
+    the zero-initialised additions it may lack (VideoDiT.zero_initialised_additions: they stay at zero, so the
+    fine-tune starts as the loaded model). The normalisation statistics stay this run's (they come from its dataset)."""
     mine, theirs = model.state_dict(), VideoDiT.from_pretrained(path).state_dict()
-    misfits = sorted(k for k in mine.keys() | theirs.keys()
-                     if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    may_lack = set(model.zero_initialised_additions())
+    misfits = sorted(k for k in mine.keys() | theirs.keys() if not (k in may_lack and k not in theirs)
+                     and (k not in mine or k not in theirs or mine[k].shape != theirs[k].shape))
     if misfits:
         raise ValueError(f"init_from: {path} does not fit the network built here (its --model.* sizes and design, "
                          f"and the dataset's views, state and action sizes, must match); differs in {misfits[:4]}")
-    model.load_state_dict(theirs)
+    model.load_state_dict({**mine, **theirs})
 
 
 def initial_training(path: str | None) -> dict | None:
@@ -263,7 +266,8 @@ def model_config_for(cfg: TrainConfig, clips: ClipDataset, codec):
                  residual_from_first_frame=spec.residual_from_first_frame,
                  linear_state_dynamics=spec.linear_state_dynamics, deterministic_state=spec.deterministic_state,
                  condition_on_command=spec.condition_on_command, state_reads_pictures=spec.state_reads_pictures,
-                 pixel_anchor_from_memory=spec.pixel_anchor_from_memory)
+                 pixel_anchor_from_memory=spec.pixel_anchor_from_memory,
+                 pixel_gate_from_memory=spec.pixel_gate_from_memory)
     return build_config(
         spec.preset, sizes,
         num_views=clips.num_views, latent_channels=codec.latent_channels, latent_size=codec.latent_size,
