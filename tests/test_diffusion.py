@@ -189,30 +189,43 @@ def test_first_frame_residual_models_anchor_pictures_on_the_first_frame_and_need
     torch.testing.assert_close(s, state[:, 1:2].expand_as(s), rtol=0, atol=1e-5)
 
 
-def test_memory_anchored_models_add_the_change_to_the_memory_frame_nearest_the_anchor_pose():
-    """pixel_anchor_from_memory in training: the future frames' pixel anchor is the memory frame (slot 0, the first
-    frame, always a candidate) seen nearest to the pose of the frame they follow; a slot dropped or invalid is
-    never chosen. An untrained model's loss is zero exactly when the future frames show that anchor."""
-    design = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True, condition_on_state=True,
-                  residual_from_first_frame=True, condition_on_command=False)
-    with pytest.raises(ValueError, match="pixel_anchor_from_memory"):
-        make_model(build_config("tiny", {**design, "residual_from_first_frame": False, "pixel_anchor_from_memory": True},
-                                num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"]))
-    cfg = build_config("tiny", {**design, "pixel_anchor_from_memory": True}, num_views=1, latent_size=8, image_size=8,
-                       frame_stride=2, camera_keys=["a"])
-    model, fm = make_model(cfg), FlowMatching(DiffusionConfig(memory_dropout=0.0))
-    pictures = torch.rand(2, 3, 1, 3, 8, 8)  # slot 0: the first frame, at pose 0; slot 1 at pose 3; slot 2 at -5
+MEMORY_DESIGN = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True, condition_on_state=True,
+                     residual_from_first_frame=True, condition_on_command=False)
+MEMORY_SIZES = dict(num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
+
+
+def three_places(model):
+    """Memory of 3 frames (slot 0: the first frame, at pose 0; slot 1 at pose 3; slot 2 at -5) and a 5-frame clip at
+    pose 2.5, nearest to slot 1: pictures (2, 3, 1, 3, 8, 8), memory, normalised state, actions."""
+    pictures = torch.rand(2, 3, 1, 3, 8, 8)
     memory_state = torch.zeros(2, 3, 39)
     memory_state[:, 1, :4], memory_state[:, 2, :4] = 3.0, -5.0
     memory = {"latents": pictures, "state": model.normalize_state(memory_state), "frame_pos": -torch.ones(2, 3),
               "valid": torch.tensor([[False, True, True]] * 2)}
     state = torch.zeros(2, 5, 39)
-    state[..., :4] = 2.5  # the clip is nearest to slot 1's pose
-    state, actions = model.normalize_state(state), torch.randn(2, 5, 2, 4)
+    state[..., :4] = 2.5
+    return pictures, memory, model.normalize_state(state), torch.randn(2, 5, 2, 4)
+
+
+def loss_showing(fm, model, pictures, shown, state, actions, memory):
+    """The loss of a clip whose every frame shows memory slot `shown`."""
+    return fm.loss(model, pictures[:, shown:shown + 1].expand(2, 5, 1, 3, 8, 8), state, actions, memory=memory,
+                   generator=torch.Generator().manual_seed(0))[0].item()
+
+
+def test_memory_anchored_models_add_the_change_to_the_memory_frame_nearest_the_anchor_pose():
+    """pixel_anchor_from_memory in training: the future frames' pixel anchor is the memory frame (slot 0, the first
+    frame, always a candidate) seen nearest to the pose of the frame they follow; a slot dropped or invalid is
+    never chosen. An untrained model's loss is zero exactly when the future frames show that anchor."""
+    with pytest.raises(ValueError, match="pixel_anchor_from_memory"):
+        make_model(build_config("tiny", {**MEMORY_DESIGN, "residual_from_first_frame": False,
+                                         "pixel_anchor_from_memory": True}, **MEMORY_SIZES))
+    model = make_model(build_config("tiny", {**MEMORY_DESIGN, "pixel_anchor_from_memory": True}, **MEMORY_SIZES))
+    fm = FlowMatching(DiffusionConfig(memory_dropout=0.0))
+    pictures, memory, state, actions = three_places(model)
 
     def loss(shown, memory):
-        return fm.loss(model, pictures[:, shown:shown + 1].expand(2, 5, 1, 3, 8, 8), state, actions,
-                       memory=memory)[0].item()
+        return loss_showing(fm, model, pictures, shown, state, actions, memory)
 
     assert loss(1, memory) == 0.0 and loss(0, memory) > 0.01 and loss(2, memory) > 0.01
     without_slot_1 = {**memory, "valid": torch.tensor([[False, False, True]] * 2)}
@@ -225,26 +238,15 @@ def test_a_memory_gated_model_takes_its_gate_s_share_of_the_view_nearest_in_pose
     in pose to the frame the clip follows - the first frame) + the network's change. Untrained, the gate is zero: the
     first-frame design, whatever memory holds. With a gate of 1 it redraws the nearest view (slot 1), and the first
     frame where the clip's memory is dropped. The loss is zero exactly when the future frames show that picture."""
-    design = dict(hidden_size=32, depth=1, num_heads=2, patch_size=8, predict_residual=True, condition_on_state=True,
-                  residual_from_first_frame=True, condition_on_command=False)
-    sizes = dict(num_views=1, latent_size=8, image_size=8, frame_stride=2, camera_keys=["a"])
     with pytest.raises(ValueError, match="pixel_gate_from_memory"):
-        make_model(build_config("tiny", {**design, "pixel_gate_from_memory": True, "pixel_anchor_from_memory": True},
-                                **sizes))
-    model = make_model(build_config("tiny", {**design, "pixel_gate_from_memory": True}, **sizes))
+        make_model(build_config("tiny", {**MEMORY_DESIGN, "pixel_gate_from_memory": True,
+                                         "pixel_anchor_from_memory": True}, **MEMORY_SIZES))
+    model = make_model(build_config("tiny", {**MEMORY_DESIGN, "pixel_gate_from_memory": True}, **MEMORY_SIZES))
     with torch.no_grad():
         model.out_view_gate.bias.fill_(gate)
     fm = FlowMatching(DiffusionConfig(memory_dropout=1.0 if dropped else 0.0))
-    pictures = torch.rand(2, 3, 1, 3, 8, 8)  # slot 0: the first frame, at pose 0; slot 1 at pose 3; slot 2 at -5
-    memory_state = torch.zeros(2, 3, 39)
-    memory_state[:, 1, :4], memory_state[:, 2, :4] = 3.0, -5.0
-    memory = {"latents": pictures, "state": model.normalize_state(memory_state), "frame_pos": -torch.ones(2, 3),
-              "valid": torch.tensor([[False, True, True]] * 2)}
-    state = torch.zeros(2, 5, 39)
-    state[..., :4] = 2.5  # the clip is nearest to slot 1's pose
-    state, actions = model.normalize_state(state), torch.randn(2, 5, 2, 4)
-    losses = [fm.loss(model, pictures[:, i:i + 1].expand(2, 5, 1, 3, 8, 8), state, actions, memory=memory,
-                      generator=torch.Generator().manual_seed(0))[0].item() for i in range(3)]
+    pictures, memory, state, actions = three_places(model)
+    losses = [loss_showing(fm, model, pictures, i, state, actions, memory) for i in range(3)]
     assert losses[shown] == 0.0 and all(loss > 0.01 for i, loss in enumerate(losses) if i != shown)
 
 
