@@ -284,19 +284,26 @@ class StreamingSampler:
             return self.last_latents
         return self.nearest_view(found) if mc.pixel_anchor_from_memory else self.first_latents
 
-    def _predict(self, x, s, t, actions, context, found):
+    def pictures_base(self, found: dict | None) -> dict:
+        """What the frames being denoised draw their pictures from, given the memory frames `found` (retrieve's, or
+        None): "latents" (B, V, C, H, W) the pixel anchor and, with pixel_gate_from_memory, "view" (B, V, C, H, W) the
+        remembered view each pixel may take a share of."""
+        base = {"latents": self.pixel_anchor(found)}
+        if self.model.cfg.pixel_gate_from_memory:
+            base["view"] = self.nearest_view(found)
+        return base
+
+    def _predict(self, x, s, t, actions, context, pictures_base):
         """Clean-frame prediction for frames at per-frame levels t (B, F), positions 0..F-1, attending to `context`,
-        their pictures' change added to the pixel anchor of the memory frames `found` (retrieve's, or None)."""
+        their pictures drawn from `pictures_base` (pictures_base's dict)."""
         B, F = t.shape
         pos = torch.arange(F, device=self.device).expand(B, F).float()
-        # Every frame being denoised is anchored on the newest clean frame (its pixels on `pixel_anchor`), as
+        # Every frame being denoised is anchored on the newest clean frame (its pixels on the pixel anchor), as
         # future frames are in training.
-        anchor = {"latents": self.pixel_anchor(found)[:, None].expand(B, F, *self.latent_shape),
-                  "state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1),
-                  # the frames being denoised follow the anchor one after another: actions since it accumulate
-                  "action_sum": actions.sum(dim=2).cumsum(dim=1)}
-        if self.model.cfg.pixel_gate_from_memory:  # the view each pixel may take a share of
-            anchor["view"] = self.nearest_view(found)[:, None].expand(B, F, *self.latent_shape)
+        anchor = {name: frame[:, None].expand(B, F, *self.latent_shape) for name, frame in pictures_base.items()}
+        anchor.update({"state": self.model.normalize_state(self.last_state)[:, None].expand(B, F, -1),
+                       # the frames being denoised follow the anchor one after another: actions since it accumulate
+                       "action_sum": actions.sum(dim=2).cumsum(dim=1)})
         if self.model.cfg.condition_on_command:  # and so do their commands
             anchor["command"] = self.model.normalize_pose(rollout_commands(self.model, self.command, actions))
         return guided_prediction(self.model, x, s, t, actions, None, self.config.guidance_scale,
@@ -327,9 +334,9 @@ class StreamingSampler:
             n = a.shape[1]
             x, s = self._noise(n, generator)
             found = self.retrieve(a[:, 0])
-            context = self.context(self.frames_done, found)
+            context, pictures_base = self.context(self.frames_done, found), self.pictures_base(found)
             for i in range(cfg.steps):
-                pred = self._predict(x, s, levels[i].expand(self.B, n), a, context, found)
+                pred = self._predict(x, s, levels[i].expand(self.B, n), a, context, pictures_base)
                 self.passes += 1
                 x = euler_step(x, pred["latents"], levels[i], levels[i + 1])
                 s = euler_step(s, pred["state"], levels[i], levels[i + 1])
@@ -357,7 +364,7 @@ class StreamingSampler:
             t = torch.stack([levels[f["level"]].expand(self.B) for f in window], dim=1)
             found = self.retrieve(a[:, 0])
             pred = self._predict(torch.stack([f["x"] for f in window], 1), torch.stack([f["s"] for f in window], 1),
-                                 t, a, self.context(self.frames_done, found), found)
+                                 t, a, self.context(self.frames_done, found), self.pictures_base(found))
             self.passes += 1
             for j, f in enumerate(window):
                 now, next_ = levels[f["level"]], levels[f["level"] + 1]
