@@ -148,7 +148,8 @@ class FlowMatching:
         All randomness comes from `generator` (the trainer checkpoints its state, for exact resumes)."""
         B, T = latents.shape[:2]
         device = latents.device
-        mc = getattr(model, "module", model).cfg  # model may be wrapped (DDP)
+        net = getattr(model, "module", model)  # model may be wrapped (DDP): forward on model, helpers on net
+        mc = net.cfg
         uses_anchor = mc.uses_anchor
         if uses_anchor and T < 2:
             raise ValueError("dataset.clip_frames: a model that predicts residuals or conditions on state needs clips "
@@ -164,20 +165,18 @@ class FlowMatching:
         own_pictures = self.config.self_forcing_prob > 0 and bool(
             torch.rand(1, device=device, generator=generator) < self.config.self_forcing_prob)
         if own_pictures:
-            latents = self.own_context_pictures(getattr(model, "module", model), latents, state0, actions,
+            latents = self.own_context_pictures(net, latents, state0, actions,
                                                 actions_is_pad, in_loss, generator, memory, command)
             noisy_latents = add_noise(latents, noise_latents, t)
         anchor_source = (noisy_latents, noisy_state) if self.config.noisy_anchor else (latents, state0)
         anchor = clip_anchors(*anchor_source, in_loss, actions, actions_is_pad) if uses_anchor else None
         if mc.residual_from_first_frame:  # the clip's future frames follow its last context frame's pose
             own, query = anchor["latents"], anchor["state"][:, -1]
-            anchor["latents"] = first_frame_anchors(own, pixel_anchor_latents(getattr(model, "module", model), memory,
-                                                                              query), in_loss)
+            anchor["latents"] = first_frame_anchors(own, pixel_anchor_latents(net, memory, query), in_loss)
             if mc.pixel_gate_from_memory:
-                anchor["view"] = first_frame_anchors(own, memory_view_latents(getattr(model, "module", model), memory,
-                                                                              query), in_loss)
+                anchor["view"] = first_frame_anchors(own, memory_view_latents(net, memory, query), in_loss)
         if mc.condition_on_command:
-            anchor["command"] = command_anchors(getattr(model, "module", model), command, anchor["state"], in_loss)
+            anchor["command"] = command_anchors(net, command, anchor["state"], in_loss)
         out = model(noisy_latents, noisy_state, t, actions, actions_is_pad, action_mask, memory=memory, anchor=anchor)
         min_t = self.config.min_t
         weight = in_loss.float()
