@@ -17,12 +17,17 @@ earlier, so that the earlier view is out of the recent context and only memory c
     copy_retrieved  not a model: the real frame a pose memory of the real frames retrieves for that frame (nearest in
                     the real pose, outside the recent window, same capacity), copied: how much the earlier view of
                     the place says about it now
+    copy_drawn_retrieved  not a model: the picture `full` itself drew at the frame its memory retrieved, copied: how
+                    much what its own memory holds says about the frame now (self-memory can add at most what this
+                    holds beyond what the network draws without it)
     copy_first      not a model: the first real frame
 
 Beside the scores: how far the nearest retrieved frame's hand (cm) and gripper were from the real ones now and how
 many frames back it was (for the sampler's memory and for copy_retrieved), how far back the model's own training
-clips' memory frames were, and how much each memory content changes the drawn pictures against no_memory (mean absolute
-difference, 0-255 levels). Writes <results_dir>/memory_probe_<run>.json and .md.
+clips' memory frames were, how much each memory content changes the drawn pictures against no_memory (mean absolute
+difference, 0-255 levels), and each rollout's return consistency: PSNR between the picture it draws on a revisit and
+the picture it drew at the earlier visit of that place (the frame copy_retrieved finds by the real pose; the real
+world's own consistency is copy_retrieved's score). Writes <results_dir>/memory_probe_<run>.json and .md.
 """
 
 from __future__ import annotations
@@ -144,6 +149,54 @@ def copy_retrieved(cfg: MemoryProbeConfig, model: VideoDiT, clips, positions: li
     return out
 
 
+def with_reset_frame(clips, positions: list[int], pictures: np.ndarray) -> np.ndarray:
+    """The real reset frame, then the drawn ones: (B, 1 + horizon, V, H, W, 3) uint8, indexed like the sampler's frames
+    (0 = the reset frame, imagined frame f = f + 1)."""
+    first = clips.cache.images[clips.cache.episode_start[positions]]  # (B, V, H, W, 3)
+    return np.concatenate([first[:, None], pictures], axis=1)
+
+
+def as_images(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1], as psnr and ssim take them."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float() / 127.5 - 1
+
+
+def frames_at(frames: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """frames (B, T, ...) and per-episode frame indices (B, n) -> (B, n, ...)."""
+    return frames[np.arange(len(frames))[:, None], index]
+
+
+def sampler_retrieved_frames(log: RetrievalLog, shape: tuple[int, int]) -> np.ndarray:
+    """The retrieval log as (B, horizon) sampler frame indices of the nearest retrieved frame (0 where none)."""
+    steps = np.zeros(shape, dtype=np.int64)
+    for f in range(shape[1]):
+        if f + 1 in log.step:  # imagined frame f is the sampler's frame f + 1
+            steps[:, f] = np.maximum(log.step[f + 1], 0)
+    return steps
+
+
+def copy_drawn_retrieved(clips, positions: list[int], pictures: np.ndarray, retrieved: np.ndarray) -> dict:
+    """The picture a rollout drew (pictures (B, horizon, V, H, W, 3)) at the frame its memory retrieved for each frame
+    (retrieved (B, horizon), sampler frame indices; 0: the real reset frame), copied: PSNR/SSIM per view (B, horizon)."""
+    stride, starts = clips.cfg.frame_stride, clips.cache.episode_start[positions]
+    copied = as_images(frames_at(with_reset_frame(clips, positions, pictures), retrieved))  # (B, horizon, V, 3, H, W)
+    steps = stride * np.arange(1, pictures.shape[1] + 1)
+    out = {"psnr_per_episode": {}, "ssim_per_episode": {}}
+    for v, key in enumerate(clips.camera_keys):
+        real = recorded_frames(clips.cache, starts, steps, v)
+        out["psnr_per_episode"][key] = psnr(copied[:, :, v], real).numpy()
+        out["ssim_per_episode"][key] = ssim(copied[:, :, v], real).numpy()
+    return out
+
+
+def return_consistency(clips, positions: list[int], pictures: np.ndarray, earlier: np.ndarray) -> dict:
+    """PSNR per view (B, horizon) between the picture a rollout draws at each frame and the one it drew at frame
+    `earlier` (B, horizon) (sampler frame indices; 0: the real reset frame)."""
+    drawn = with_reset_frame(clips, positions, pictures)
+    now, then = as_images(drawn[:, 1:]), as_images(frames_at(drawn, earlier))  # (B, horizon, V, 3, H, W)
+    return {key: psnr(now[:, :, v], then[:, :, v]).numpy() for v, key in enumerate(clips.camera_keys)}
+
+
 def retrieval_summary(retrieved_pose: np.ndarray, frames_back: np.ndarray, real_pose: np.ndarray, mask: np.ndarray) -> dict:
     """On the revisit frames (mask (B, horizon)): how far the nearest retrieved frame's pose (B, horizon, P; NaN where
     none) was from the real pose now, the hand (the first 3 components, cm) and the rest (the gripper), and how many
@@ -211,7 +264,10 @@ def memory_probe(cfg: MemoryProbeConfig) -> dict:
         raise ValueError(f"dataset.root={cfg.dataset.root}: no revisit frames in {cfg.episodes} episodes over "
                          f"{horizon} frames; record longer tours (--tour_after) or more episodes")
     rollouts, log = probe_rollouts(cfg, model, clips, positions, horizon)
-    scores = {**rollouts, "copy_retrieved": copy_retrieved(cfg, model, clips, positions, horizon),
+    real_retrieved = copy_retrieved(cfg, model, clips, positions, horizon)
+    own_retrieved = sampler_retrieved_frames(log, mask.shape)
+    scores = {**rollouts, "copy_retrieved": real_retrieved,
+              "copy_drawn_retrieved": copy_drawn_retrieved(clips, positions, rollouts["full"]["pictures"], own_retrieved),
               "copy_first": copy_first_frame(clips, positions, horizon, mc.frame_stride)}
     result = {"run": cfg.run, "model": cfg.model, "dataset": cfg.dataset.root, "episodes": cfg.episodes,
               "horizon_frames": horizon, "sampler": asdict(cfg.sampler),
@@ -228,6 +284,10 @@ def memory_probe(cfg: MemoryProbeConfig) -> dict:
         change = np.abs(rollouts[name]["pictures"].astype(np.float32) - plain).mean(axis=(2, 3, 4, 5))  # (B, horizon)
         result["picture_change_vs_no_memory"][name] = {"revisits": float(change[mask].mean()),
                                                        "all_frames": float(change.mean())}
+    earlier = real_retrieved["retrieved"]  # the earlier visit of the place, found by the real pose
+    result["return_consistency"] = {name: masked_mean(return_consistency(clips, positions, r["pictures"], earlier),
+                                                      mask) for name, r in rollouts.items()}
+    result["return_consistency"]["real"] = result["on_revisits"]["copy_retrieved"]["psnr"]
     real_pose = real_state[..., list(mc.pose_indices)]
     result["retrieval"] = {"full": retrieval_summary(*sampler_retrievals(log, real_pose.shape), real_pose, mask)}
     copied = scores["copy_retrieved"]["retrieved"]  # (B, horizon) frame indices, 0 = the reset frame
@@ -258,12 +318,20 @@ def write_results(cfg: MemoryProbeConfig, result: dict) -> None:
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     holds = {"full": "the frames it drew", "no_memory": "nothing (k = 0)", "memory_real": "the real frames (oracle)",
              "memory_wrong": "another episode's real frames", "copy_retrieved": "(not a model) the real frame retrieved "
-             "by the real pose, copied", "copy_first": "(not a model) the first real frame, copied"}
+             "by the real pose, copied", "copy_drawn_retrieved": "(not a model) the frame `full` drew where its memory "
+             "retrieved, copied", "copy_first": "(not a model) the first real frame, copied"}
     for name, r in result["on_revisits"].items():
         change = result["picture_change_vs_no_memory"].get(name)
         changed = f"{change['revisits']:.2f}" if change else "-"
         lines.append(f"| {name} | {holds[name]} | {r['psnr']['mean_over_views']:.2f} | {r['ssim']['mean_over_views']:.3f} "
                      f"| {result['on_all_frames'][name]['psnr']:.2f} | {changed} |")
+    lines += ["", "Return consistency on the revisit frames: PSNR between the picture drawn now and the picture the same "
+              "rollout drew at the earlier visit of that place (the frame `copy_retrieved` finds by the real pose; the "
+              "reset frame is the real one). `real` is the real world's own (copy_retrieved's score): a model above it "
+              "redraws a place more alike than the world is, below it it redraws the place differently.", "",
+              "| rollout | return consistency (PSNR) |", "| --- | ---: |"]
+    lines += [f"| {name} | {r['mean_over_views']:.2f} |"
+              for name, r in result["return_consistency"].items()]
     for name, r in retrieval.items():
         if r["frames"]:
             lines += ["", f"Retrieval in `{name}`: on {r['frames']} of {rv['frames']} revisit frames, the nearest retrieved "

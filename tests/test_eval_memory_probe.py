@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from eval.fidelity import held_out_tours
-from eval.memory_probe import MemoryProbeConfig, copy_retrieved, memory_probe
+from eval.memory_probe import (MemoryProbeConfig, copy_drawn_retrieved, copy_retrieved, memory_probe,
+                               return_consistency)
 from worldmodel.dataset import DatasetConfig
 from worldmodel.memory import MemoryConfig
 from worldmodel.model import VideoDiT
@@ -27,7 +28,8 @@ def test_each_memory_content_changes_the_pictures_and_only_through_memory(tiny_w
                                                                           tmp_path):
     result = memory_probe(probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path))
     assert set(result["on_revisits"]) == {"full", "no_memory", "memory_real", "memory_wrong", "copy_retrieved",
-                                          "copy_first"}
+                                          "copy_drawn_retrieved", "copy_first"}
+    assert set(result["return_consistency"]) == {"full", "no_memory", "memory_real", "memory_wrong", "real"}
     assert result["revisit"]["frames"] > 0
     change = result["picture_change_vs_no_memory"]
     # A random network reads whatever memory holds: drawn, real and another episode's frames all change its pictures,
@@ -64,6 +66,29 @@ def test_copy_retrieved_copies_the_real_frame_nearest_in_pose_outside_the_recent
             assert out["retrieved"][b, f] == nearest
     # A frame copied onto itself would be infinitely sharp: the copies are other frames, finite PSNR.
     assert all(np.isfinite(v).all() for v in out["psnr_per_episode"].values())
+
+
+def test_drawn_copies_and_return_consistency_of_the_real_frames_are_the_real_world_s(tiny_world_model_dir,
+                                                                                    tiny_dataset_root, tmp_path):
+    # Handed the real frames as "drawn" pictures, copying the drawn retrieved frame is copy_retrieved, and the return
+    # consistency is the real world's: both index the frames alike (0 = the reset frame, imagined f = f + 1).
+    cfg = probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path)
+    model = VideoDiT.from_pretrained(cfg.model)
+    clips = held_out_tours(cfg.dataset, 2, model.cfg, 8)
+    stride, starts = model.cfg.frame_stride, clips.cache.episode_start[:2]
+    real = np.stack([clips.cache.images[s + stride * np.arange(1, 9)] for s in starts])  # (B, 8, V, H, W, 3)
+    found = copy_retrieved(cfg, model, clips, [0, 1], 8)
+    assert found["retrieved"].max() > 0
+    drawn = copy_drawn_retrieved(clips, [0, 1], real, found["retrieved"])
+    consistency = return_consistency(clips, [0, 1], real, found["retrieved"])
+    for key in clips.camera_keys:
+        np.testing.assert_allclose(drawn["psnr_per_episode"][key], found["psnr_per_episode"][key], rtol=1e-5)
+        np.testing.assert_allclose(drawn["ssim_per_episode"][key], found["ssim_per_episode"][key], rtol=1e-5)
+        np.testing.assert_allclose(consistency[key], found["psnr_per_episode"][key], rtol=1e-5)
+    # A picture compared with itself is as alike as PSNR goes; changed pictures are not.
+    itself = return_consistency(clips, [0, 1], real, np.tile(np.arange(1, 9), (2, 1)))
+    assert all((v > 100).all() for v in itself.values())
+    assert all((v < 100).all() for v in return_consistency(clips, [0, 1], 255 - real, found["retrieved"]).values())
 
 
 def test_one_episode_is_refused_before_any_work(tmp_path):
