@@ -301,7 +301,7 @@ def memory_probe(cfg: MemoryProbeConfig) -> dict:
     result["command"] = (f"python -m eval.memory_probe --model={cfg.model} --dataset.root={cfg.dataset.root} "
                          f"--dataset.repo_id={cfg.dataset.repo_id} --episodes={cfg.episodes} "
                          f"--horizon_s={cfg.horizon_s:g} --sampler.memory.capacity={cfg.sampler.memory.capacity} "
-                         f"--run={cfg.run}")
+                         f"--training_clips={cfg.training_clips} --run={cfg.run}")
     write_results(cfg, result)
     return result
 

@@ -41,6 +41,13 @@ def test_each_memory_content_changes_the_pictures_and_only_through_memory(tiny_w
     saved = json.loads((tmp_path / "memory_probe_tiny.json").read_text())
     assert saved["on_revisits"]["full"] == result["on_revisits"]["full"]
     assert "| memory_real |" in (tmp_path / "memory_probe_tiny.md").read_text()
+    # The published command names every field it sets with this run's value (training_clips was once left out).
+    cfg = probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path)
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in result["command"].split()[3:])
+    assert flags == {"model": cfg.model, "dataset.root": cfg.dataset.root, "dataset.repo_id": cfg.dataset.repo_id,
+                     "episodes": str(cfg.episodes), "horizon_s": f"{cfg.horizon_s:g}",
+                     "sampler.memory.capacity": str(cfg.sampler.memory.capacity),
+                     "training_clips": str(cfg.training_clips), "run": cfg.run}
     # Without memory (k = 0) no memory content can change anything: the probe measures memory and nothing else.
     blind = memory_probe(probe_config(tiny_world_model_dir, tiny_dataset_root, tmp_path, k=0))
     assert all(blind["picture_change_vs_no_memory"][name]["all_frames"] == 0
