@@ -122,33 +122,6 @@ def probe_rollouts(cfg: MemoryProbeConfig, model: VideoDiT, clips, positions: li
     return out, log
 
 
-def copy_retrieved(cfg: MemoryProbeConfig, model: VideoDiT, clips, positions: list[int], horizon: int) -> dict:
-    """The real frame a PoseMemory of the real frames retrieves for each frame (queried with the real pose, the recent
-    window and the sinks excluded as the sampler excludes them), copied: PSNR/SSIM per view (B, horizon) and the
-    retrieved frame index (B, horizon)."""
-    mc, sc, cache, stride = model.cfg, cfg.sampler, clips.cache, clips.cfg.frame_stride
-    starts = cache.episode_start[positions]
-    pose_indices = list(mc.pose_indices)
-    B = len(positions)
-    memory = PoseMemory(sc.memory, B, (1,), mc.state_dim, len(pose_indices), "cpu")
-    retrieved = np.zeros((B, horizon), dtype=np.int64)
-    for frame in range(horizon + 1):  # frame 0 is the reset frame; imagined frame f is frame f + 1
-        state = torch.from_numpy(cache.states[starts + stride * frame]).float()
-        if frame > 0:
-            found = memory.retrieve(state[:, pose_indices], 1, torch.full((B,), frame - sc.recent_frames - 1))
-            usable = found["valid"][:, 0] & (found["step"][:, 0] >= sc.sink_frames)
-            retrieved[:, frame - 1] = torch.where(usable, found["step"][:, 0], 0).numpy()  # nothing yet: the first
-        memory.store(torch.zeros(B, 1), state, state[:, pose_indices], torch.full((B,), frame))
-    out = {"psnr_per_episode": {}, "ssim_per_episode": {}, "retrieved": retrieved}
-    steps = stride * np.arange(1, horizon + 1)
-    for v, key in enumerate(clips.camera_keys):
-        real = recorded_frames(cache, starts, steps, v)
-        copied = torch.stack([recorded_frames(cache, [s], stride * retrieved[b], v)[0] for b, s in enumerate(starts)])
-        out["psnr_per_episode"][key] = psnr(copied, real).numpy()
-        out["ssim_per_episode"][key] = ssim(copied, real).numpy()
-    return out
-
-
 def with_reset_frame(clips, positions: list[int], pictures: np.ndarray) -> np.ndarray:
     """The real reset frame, then the drawn ones: (B, 1 + horizon, V, H, W, 3) uint8, indexed like the sampler's frames
     (0 = the reset frame, imagined frame f = f + 1)."""
@@ -166,18 +139,10 @@ def frames_at(frames: np.ndarray, index: np.ndarray) -> np.ndarray:
     return frames[np.arange(len(frames))[:, None], index]
 
 
-def sampler_retrieved_frames(log: RetrievalLog, shape: tuple[int, int]) -> np.ndarray:
-    """The retrieval log as (B, horizon) sampler frame indices of the nearest retrieved frame (0 where none)."""
-    steps = np.zeros(shape, dtype=np.int64)
-    for f in range(shape[1]):
-        if f + 1 in log.step:  # imagined frame f is the sampler's frame f + 1
-            steps[:, f] = np.maximum(log.step[f + 1], 0)
-    return steps
-
-
-def copy_drawn_retrieved(clips, positions: list[int], pictures: np.ndarray, retrieved: np.ndarray) -> dict:
-    """The picture a rollout drew (pictures (B, horizon, V, H, W, 3)) at the frame its memory retrieved for each frame
-    (retrieved (B, horizon), sampler frame indices; 0: the real reset frame), copied: PSNR/SSIM per view (B, horizon)."""
+def copy_pictures_at(clips, positions: list[int], pictures: np.ndarray, retrieved: np.ndarray) -> dict:
+    """A rollout's pictures (B, horizon, V, H, W, 3), drawn or real, at the frame retrieved for each frame (retrieved
+    (B, horizon), sampler frame indices; 0: the real reset frame), copied: PSNR/SSIM per view (B, horizon) against
+    the real frames."""
     stride, starts = clips.cfg.frame_stride, clips.cache.episode_start[positions]
     copied = as_images(frames_at(with_reset_frame(clips, positions, pictures), retrieved))  # (B, horizon, V, 3, H, W)
     steps = stride * np.arange(1, pictures.shape[1] + 1)
@@ -187,6 +152,27 @@ def copy_drawn_retrieved(clips, positions: list[int], pictures: np.ndarray, retr
         out["psnr_per_episode"][key] = psnr(copied[:, :, v], real).numpy()
         out["ssim_per_episode"][key] = ssim(copied[:, :, v], real).numpy()
     return out
+
+
+def copy_retrieved(cfg: MemoryProbeConfig, model: VideoDiT, clips, positions: list[int], horizon: int) -> dict:
+    """The real frame a PoseMemory of the real frames retrieves for each frame (queried with the real pose, the recent
+    window and the sinks excluded as the sampler excludes them), copied: PSNR/SSIM per view (B, horizon) and the
+    retrieved frame index (B, horizon)."""
+    mc, sc, cache, stride = model.cfg, cfg.sampler, clips.cache, clips.cfg.frame_stride
+    starts = cache.episode_start[positions]
+    pose_indices = list(mc.pose_indices)
+    B = len(positions)
+    memory = PoseMemory(sc.memory, B, (1,), mc.state_dim, len(pose_indices), "cpu")
+    retrieved = np.zeros((B, horizon), dtype=np.int64)
+    for frame in range(horizon + 1):  # frame 0 is the reset frame; imagined frame f is frame f + 1
+        state = torch.from_numpy(cache.states[starts + stride * frame]).float()
+        if frame > 0:
+            found = memory.retrieve(state[:, pose_indices], 1, torch.full((B,), frame - sc.recent_frames - 1))
+            usable = found["valid"][:, 0] & (found["step"][:, 0] >= sc.sink_frames)
+            retrieved[:, frame - 1] = torch.where(usable, found["step"][:, 0], 0).numpy()  # nothing yet: the first
+        memory.store(torch.zeros(B, 1), state, state[:, pose_indices], torch.full((B,), frame))
+    real = np.stack([cache.images[s + stride * np.arange(1, horizon + 1)] for s in starts])  # (B, horizon, V, H, W, 3)
+    return {**copy_pictures_at(clips, positions, real, retrieved), "retrieved": retrieved}
 
 
 def return_consistency(clips, positions: list[int], pictures: np.ndarray, earlier: np.ndarray) -> dict:
@@ -265,9 +251,11 @@ def memory_probe(cfg: MemoryProbeConfig) -> dict:
                          f"{horizon} frames; record longer tours (--tour_after) or more episodes")
     rollouts, log = probe_rollouts(cfg, model, clips, positions, horizon)
     real_retrieved = copy_retrieved(cfg, model, clips, positions, horizon)
-    own_retrieved = sampler_retrieved_frames(log, mask.shape)
+    real_pose = real_state[..., list(mc.pose_indices)]
+    own_pose, own_back = sampler_retrievals(log, real_pose.shape)
+    own_retrieved = np.nan_to_num(np.arange(1, horizon + 1) - own_back).astype(np.int64)  # nothing: the reset frame
     scores = {**rollouts, "copy_retrieved": real_retrieved,
-              "copy_drawn_retrieved": copy_drawn_retrieved(clips, positions, rollouts["full"]["pictures"], own_retrieved),
+              "copy_drawn_retrieved": copy_pictures_at(clips, positions, rollouts["full"]["pictures"], own_retrieved),
               "copy_first": copy_first_frame(clips, positions, horizon, mc.frame_stride)}
     result = {"run": cfg.run, "model": cfg.model, "dataset": cfg.dataset.root, "episodes": cfg.episodes,
               "horizon_frames": horizon, "sampler": asdict(cfg.sampler),
@@ -284,13 +272,11 @@ def memory_probe(cfg: MemoryProbeConfig) -> dict:
         change = np.abs(rollouts[name]["pictures"].astype(np.float32) - plain).mean(axis=(2, 3, 4, 5))  # (B, horizon)
         result["picture_change_vs_no_memory"][name] = {"revisits": float(change[mask].mean()),
                                                        "all_frames": float(change.mean())}
-    earlier = real_retrieved["retrieved"]  # the earlier visit of the place, found by the real pose
-    result["return_consistency"] = {name: masked_mean(return_consistency(clips, positions, r["pictures"], earlier),
+    copied = real_retrieved["retrieved"]  # (B, horizon) the earlier visit of each place, found by the real pose
+    result["return_consistency"] = {name: masked_mean(return_consistency(clips, positions, r["pictures"], copied),
                                                       mask) for name, r in rollouts.items()}
     result["return_consistency"]["real"] = result["on_revisits"]["copy_retrieved"]["psnr"]
-    real_pose = real_state[..., list(mc.pose_indices)]
-    result["retrieval"] = {"full": retrieval_summary(*sampler_retrievals(log, real_pose.shape), real_pose, mask)}
-    copied = scores["copy_retrieved"]["retrieved"]  # (B, horizon) frame indices, 0 = the reset frame
+    result["retrieval"] = {"full": retrieval_summary(own_pose, own_back, real_pose, mask)}
     copied_pose = np.stack([clips.cache.states[s + clips.cfg.frame_stride * copied[b]][:, list(mc.pose_indices)]
                             for b, s in enumerate(clips.cache.episode_start[positions])])
     result["retrieval"]["copy_retrieved"] = retrieval_summary(copied_pose, np.arange(1, horizon + 1) - copied,

@@ -5,12 +5,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from eval.fidelity import held_out_tours
-from eval.memory_probe import (MemoryProbeConfig, copy_drawn_retrieved, copy_retrieved, memory_probe,
+from eval.memory_probe import (MemoryProbeConfig, copy_pictures_at, copy_retrieved, memory_probe,
                                return_consistency)
 from worldmodel.dataset import DatasetConfig
 from worldmodel.memory import MemoryConfig
+from worldmodel.metrics import psnr, recorded_frames
 from worldmodel.model import VideoDiT
 from worldmodel.sampler import SamplerConfig
 
@@ -86,9 +88,14 @@ def test_drawn_copies_and_return_consistency_of_the_real_frames_are_the_real_wor
     real = np.stack([clips.cache.images[s + stride * np.arange(1, 9)] for s in starts])  # (B, 8, V, H, W, 3)
     found = copy_retrieved(cfg, model, clips, [0, 1], 8)
     assert found["retrieved"].max() > 0
-    drawn = copy_drawn_retrieved(clips, [0, 1], real, found["retrieved"])
+    drawn = copy_pictures_at(clips, [0, 1], real, found["retrieved"])
     consistency = return_consistency(clips, [0, 1], real, found["retrieved"])
-    for key in clips.camera_keys:
+    for v, key in enumerate(clips.camera_keys):
+        # copy_retrieved's copies, read straight from the recording: real frame `retrieved` of each episode
+        copied = torch.stack([recorded_frames(clips.cache, [s], stride * found["retrieved"][b], v)[0]
+                              for b, s in enumerate(starts)])
+        expected = psnr(copied, recorded_frames(clips.cache, starts, stride * np.arange(1, 9), v)).numpy()
+        np.testing.assert_allclose(found["psnr_per_episode"][key], expected, rtol=1e-5)
         np.testing.assert_allclose(drawn["psnr_per_episode"][key], found["psnr_per_episode"][key], rtol=1e-5)
         np.testing.assert_allclose(drawn["ssim_per_episode"][key], found["ssim_per_episode"][key], rtol=1e-5)
         np.testing.assert_allclose(consistency[key], found["psnr_per_episode"][key], rtol=1e-5)
